@@ -1,0 +1,7 @@
+"""``python -m medseg`` (also what ``torchrun -m medseg`` runs)."""
+
+import sys
+
+from medseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,283 @@
+"""The ``medseg`` command line: thin wrappers over the public functions of the package.
+
+Heavy libraries (torch, matplotlib) are imported inside the commands, so ``medseg --help`` and
+``medseg --version`` are instant. A :class:`~medseg.errors.MedsegError` becomes one line on stderr and
+exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medseg`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except MedsegError as exc:
+        if args.debug:
+            raise
+        print(f"medseg: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            "\nmedseg: interrupted (files already written are complete; `medseg train --resume` continues)",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"medseg: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="medseg",
+        description="Biomedical image segmentation: from images and masks to a model, metrics and reports.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("demo", parents=[common], help="the main job end to end on built-in phantom data")
+    p.add_argument(
+        "--out", default="runs/demo", help="folder for data, run and predictions (default runs/demo)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings (seconds, not minutes), for smoke tests"
+    )
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("doctor", parents=[common], help="versions, threads, bf16 support, where runs go")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("models", parents=[common], help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'unet*'")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("phantom", parents=[common], help="write a synthetic dataset with ground truth")
+    phantom = p.add_subparsers(title="phantoms", metavar="KIND", required=True)
+    b = phantom.add_parser(
+        "blood", parents=[common], help="stained blood smears: red cells and 5 white-cell types"
+    )
+    b.add_argument("--out", required=True, help="dataset folder to write (native nnU-Net layout)")
+    b.add_argument("--n", type=int, default=50, help="number of images (default 50)")
+    b.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    b.set_defaults(func=_phantom_blood)
+
+    p = sub.add_parser("data", parents=[common], help="check datasets")
+    data = p.add_subparsers(title="data commands", metavar="ACTION", required=True)
+    c = data.add_parser("check", parents=[common], help="list every problem of a dataset and summarise it")
+    c.add_argument("dataset", help="dataset folder")
+    c.add_argument("--classes", help="class names for an images/ + masks/ folder, e.g. background,cell")
+    c.set_defaults(func=_data_check)
+
+    p = sub.add_parser("train", parents=[common], help="train a model on a dataset")
+    p.add_argument("dataset", nargs="?", help="dataset folder (optional with --resume)")
+    p.add_argument("--out", help="run folder (default runs/<dataset>_<model>)")
+    p.add_argument("--task", help="semantic")
+    p.add_argument("--model", help="model name (see `medseg models`), default unet")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--classes", help="class names for an images/ + masks/ folder, e.g. background,cell")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a run on a labelled dataset")
+    p.add_argument("run", help="run folder")
+    p.add_argument("dataset", nargs="?", help="labelled dataset (default: the run's validation cases)")
+    p.add_argument(
+        "--split",
+        choices=("auto", "val", "all"),
+        default="auto",
+        help="cases to score: val, all, or auto (val on the training dataset, else all)",
+    )
+    p.add_argument("--spacing", type=float, help="pixel size for HD95 (default 1 pixel)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="segment images with a run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", default="png", choices=("png", "tif"), help="label mask format")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", parents=[common], help="write RUN/report.html")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def _split_classes(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medseg.workflows.demo import demo
+
+    demo(args.out, quick=args.quick)
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from medseg.doctor import doctor_report
+
+    print(doctor_report())
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from medseg.models import create_model, describe_model, list_models
+
+    names = list_models(args.pattern)
+    width = max((len(n) for n in names), default=4)
+    print(f"{'name':<{width}}  {'params':>10}  description")
+    for name in names:
+        model = create_model(name, in_channels=3, num_classes=2)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name:<{width}}  {params:>10,}  {describe_model(name)}")
+    return 0
+
+
+def _phantom_blood(args: argparse.Namespace) -> int:
+    from medseg.data.phantoms import write_blood_dataset
+
+    if args.n < 1 or args.size < 32:
+        raise MedsegError("phantom blood: --n must be >= 1 and --size >= 32")
+    out = write_blood_dataset(args.out, args.n, size=args.size, seed=args.seed)
+    print(f"wrote {args.n} blood smear phantoms to {out}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from medseg.data.dataset import check_dataset
+
+    report = check_dataset(args.dataset, classes=_split_classes(args.classes))
+    s = report.summary
+    if s:
+        print(f"dataset   {s['dataset']} ({s['layout']} layout)")
+        print(f"cases     {s['cases']} ({s['labelled']} labelled)")
+        print(f"channels  {', '.join(f'{k} ({v} cases)' for k, v in s['channels'].items()) or '-'}")
+        sizes = list(s["sizes"].items())
+        shown = ", ".join(f"{k} ({v})" for k, v in sizes[:5]) + (" ..." if len(sizes) > 5 else "")
+        print(f"sizes     {shown or '-'}")
+        print("classes   " + ", ".join(f"{k} {v:.2%}" for k, v in s["class_fractions"].items()))
+    if report.ok:
+        print("no problems found")
+        return 0
+    print(f"{len(report.problems)} problem(s):", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medseg.config import load_config
+    from medseg.workflows.train import train
+
+    overrides = list(args.overrides)
+    if args.task:
+        overrides.append(f"task={args.task}")
+    if args.model:
+        overrides.append(f"model.name={args.model}")
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.resume and not args.out:
+        raise MedsegError("train --resume: give the run folder to continue with --out RUN")
+    config = load_config(args.config, overrides)
+    out = args.out or str(Path("runs") / f"{Path(args.dataset or 'dataset').name}_{config.model.name}")
+    run = train(
+        args.dataset,
+        config,
+        out,
+        resume=args.resume,
+        classes=_split_classes(args.classes),
+        overrides=overrides,
+        device=args.device,
+    )
+    print(f"run written to {run}\nnext: medseg evaluate {run}   |   medseg predict {run} IMAGES --out DIR")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medseg.workflows.evaluate import evaluate
+
+    summary = evaluate(args.run, args.dataset, split=args.split, spacing=args.spacing, device=args.device)
+    names = list(summary["per_class"])
+    print(f"{summary['num_images']} images ({summary['split']}) from {summary['dataset']}")
+    print(f"{'class':<16} {'dice':>7} {'iou':>7} {'sens':>7} {'spec':>7} {'hd95':>8}")
+    for name in names[1:]:
+        m = summary["per_class"][name]
+        print(
+            f"{name:<16} {_f(m['dice'])} {_f(m['iou'])} {_f(m['sensitivity'])} {_f(m['specificity'])} "
+            f"{_f(m['hd95'], 8, 2)}"
+        )
+    m = summary["mean"]
+    print(
+        f"{'mean (fg)':<16} {_f(m['dice'])} {_f(m['iou'])} {_f(m['sensitivity'])} {_f(m['specificity'])} "
+        f"{_f(m['hd95'], 8, 2)}"
+    )
+    print(f"written to {Path(args.run) / 'eval'}")
+    return 0
+
+
+def _f(value: float | None, width: int = 7, digits: int = 3) -> str:
+    if value is None or value != value:
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.{digits}f}"
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medseg.workflows.predict import predict
+
+    summary = predict(args.run, args.inputs, args.out, mask_format=args.format, device=args.device)
+    print(f"masks, overlays and {summary.name} written to {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from medseg.report import build_report
+
+    path = build_report(args.run)
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

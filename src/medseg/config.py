@@ -1,0 +1,285 @@
+"""Run configuration: nested dataclasses <-> YAML, with ``--set a.b=c`` overrides.
+
+Unknown keys are rejected with a "did you mean" hint; the fully resolved config (dataset labels,
+channels and normalisation included) is saved to ``RUN/config.yaml`` so a run folder rebuilds its
+model and preprocessing with nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError
+from medseg.transforms.augment import AugmentConfig
+
+TASKS = ("semantic",)
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read, split and normalised."""
+
+    path: str = ""
+    labels: dict[str, int] = field(default_factory=dict)  # class name -> id, from dataset.json or --classes
+    colors: dict[str, list[int]] = field(default_factory=dict)  # class name -> display RGB
+    in_channels: int = 0  # filled in from the dataset
+    normalization: str = "percentile"  # percentile | zscore | none (per image, so prediction reproduces it)
+    norm_low: float = 0.5
+    norm_high: float = 99.5
+    patch_size: list[int] = field(default_factory=lambda: [128, 128])  # training crop (rows, cols)
+    val_fraction: float = 0.2
+    group_by: str = ""  # regex on the case name; cases sharing the match (or its first group) stay together
+    split_seed: int = 0
+    ignore_index: int = -1  # label value excluded from loss and metrics (-1: none)
+    num_workers: int = 1
+    samples_per_epoch: int = 0  # training crops per epoch; 0 = one per training case
+
+
+@dataclass
+class ModelConfig:
+    """Which network, and its constructor arguments beyond channels/classes."""
+
+    name: str = "unet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Dice + cross-entropy."""
+
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    class_weights: list[float] = field(default_factory=list)  # per class for CE; empty = uniform
+    dice_include_background: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, budget and logging."""
+
+    epochs: int = 50
+    max_steps: int = 0  # stop after this many optimiser steps in total (0 = no step budget)
+    batch_size: int = 8
+    optimizer: str = "adamw"  # adam | adamw
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | plateau | none
+    warmup_epochs: int = 0
+    monitor: str = "val_dice"  # metric for best.pt, early stopping and plateau schedule (higher is better)
+    early_stopping: int = 0  # patience in epochs (0 = off)
+    amp: str = "auto"  # auto (bf16 when the CPU supports it, on GPU always) | bf16 | off
+    channels_last: bool = False  # measured: no gain on CPU here (benchmarks/train_step.py)
+    seed: int = 0
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    log: str = "csv"  # csv | tensorboard (csv is always written)
+    snapshots: bool = True  # per-epoch prediction on a fixed validation image + progress.gif
+    progress: bool = True  # progress bar
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as RUN/config.yaml."""
+
+    task: str = "semantic"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-ready: tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    def validate(self) -> Config:
+        """Check values that types alone cannot; returns self."""
+        if self.task not in TASKS:
+            raise ConfigError(f"task: unknown task {self.task!r}; choices: {', '.join(TASKS)}")
+        choices = {
+            "data.normalization": (self.data.normalization, ("percentile", "zscore", "none")),
+            "train.optimizer": (self.train.optimizer, ("adam", "adamw")),
+            "train.schedule": (self.train.schedule, ("cosine", "plateau", "none")),
+            "train.amp": (self.train.amp, ("auto", "bf16", "off")),
+            "train.log": (self.train.log, ("csv", "tensorboard")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        if len(self.data.patch_size) != 2 or min(self.data.patch_size) < 16:
+            raise ConfigError(f"data.patch_size: expected two sizes >= 16, got {self.data.patch_size}")
+        if not 0 <= self.data.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
+        if self.train.epochs < 1 or self.train.batch_size < 1 or self.train.lr <= 0:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+        return self
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with a suggestion."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key(prefix + str(key), list(fields), prefix))
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own validation (e.g. AugmentConfig.__post_init__)
+        raise ConfigError(str(exc)) from None
+
+
+def _unknown_key(key: str, choices: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], choices, n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(choices)}"
+    return f"unknown config key {key!r}{hint}"
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(value or {}, hint, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str) and value.lower() in (
+                "true",
+                "false",
+                "yes",
+                "no",
+                "1",
+                "0",
+                "on",
+                "off",
+            ):
+                return value.lower() in ("true", "yes", "1", "on")
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return "" if value is None else str(value)
+        if origin is list:
+            if value is None:
+                return []
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            (item,) = typing.get_args(hint)
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            items = typing.get_args(hint)
+            if not isinstance(value, (list, tuple)) or len(value) != len(items):
+                raise ValueError(value)
+            return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+        if origin is dict:
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            _, item = typing.get_args(hint)
+            return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+        if hint is Any:
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot use {value!r} as {_type_name(hint)}") from None
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"train.lr=3e-4"`` into (["train", "lr"], 3e-4); the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a nested dict in place and return it."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults), apply ``--set`` overrides and validate.
+
+    Args:
+        path: YAML file with any subset of the config's sections, or None for the defaults.
+        overrides: ``["train.lr=3e-4", "model.name=unet_tiny"]``.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid, or a key does not exist.
+    """
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, overrides or [])
+    return from_dict(data).validate()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; problems become one-line ConfigErrors naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: cannot read config ({reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write ``config`` as YAML atomically."""
+    import yaml
+
+    from medseg.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,264 @@
+"""Dataset discovery, loading and validation (no torch).
+
+Two layouts are read:
+
+- native = nnU-Net v2 raw: ``dataset.json``, ``imagesTr/CASE_0000.png`` (one file per channel, or one RGB
+  file; a name without the ``_0000`` channel suffix is read as all channels of that case) and
+  ``labelsTr/CASE.png``;
+- a plain ``images/`` + ``masks/`` folder pair matched by file stem, with the class names given by the
+  caller (``--classes background,cell``) since there is no dataset.json to hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import DataError
+from medseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image, read_label
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training example: its image file(s) in channel order and its label file (if any)."""
+
+    name: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+
+
+@dataclass
+class Dataset:
+    """A dataset on disk: where it is, its cases and its classes."""
+
+    root: Path
+    layout: str  # "nnunet" | "folders"
+    cases: list[Case]
+    labels: dict[str, int]
+    channel_names: dict[str, str] = field(default_factory=dict)
+    colors: dict[str, list[int]] = field(default_factory=dict)
+    orphan_labels: list[Path] = field(default_factory=list)  # label files with no image
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, background included (max id + 1)."""
+        return max(self.labels.values()) + 1 if self.labels else 0
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names ordered by id."""
+        return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
+
+    def case(self, name: str) -> Case:
+        """The case called ``name``."""
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise DataError(f"{self.root}: no case named {name!r}")
+
+
+def open_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> Dataset:
+    """Find the cases of a dataset folder (native nnU-Net layout or images/ + masks/).
+
+    Args:
+        path: the dataset folder.
+        classes: class names in id order for the images/ + masks/ layout (ignored when dataset.json
+            names them); default ``["background", "foreground"]``.
+
+    Raises:
+        DataError: the folder is missing, is neither layout, or dataset.json is invalid.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    if (root / "dataset.json").is_file():
+        return _open_nnunet(root)
+    if (root / "images").is_dir():
+        return _open_folders(root, classes)
+    raise DataError(
+        f"{root}: not a dataset (expected dataset.json + imagesTr/ + labelsTr/, or images/ + masks/ folders)"
+    )
+
+
+def _open_nnunet(root: Path) -> Dataset:
+    meta_path = root / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{meta_path}: cannot read dataset.json ({str(exc).splitlines()[0]})") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(f'{meta_path}: missing \'labels\' mapping, e.g. {{"background": 0, "cell": 1}}')
+    if not all(isinstance(v, int) and v >= 0 for v in labels.values()):
+        raise DataError(
+            f"{meta_path}: 'labels' must map names to non-negative integer ids (regions unsupported)"
+        )
+    channel_names = {
+        str(k): str(v) for k, v in (meta.get("channel_names") or meta.get("modality") or {}).items()
+    }
+    colors = (meta.get("medseg") or {}).get("colors") or {}
+    image_dir, label_dir = root / "imagesTr", root / "labelsTr"
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found")
+    channels: dict[str, dict[int, Path]] = {}
+    for file in sorted(_files(image_dir, IMAGE_SUFFIXES)):
+        match = _CHANNEL_SUFFIX.match(file.stem)
+        name, channel = (match["case"], int(match["channel"])) if match else (file.stem, 0)
+        channels.setdefault(name, {})[channel] = file
+    label_files = {f.stem: f for f in _files(label_dir, LABEL_SUFFIXES)} if label_dir.is_dir() else {}
+    cases = [
+        Case(name, tuple(files[c] for c in sorted(files)), label_files.get(name))
+        for name, files in sorted(channels.items())
+    ]
+    orphans = sorted(f for stem, f in label_files.items() if stem not in channels)
+    return Dataset(root, "nnunet", cases, dict(labels), channel_names, colors, orphans)
+
+
+def _open_folders(root: Path, classes: Sequence[str] | None) -> Dataset:
+    names = list(classes) if classes else ["background", "foreground"]
+    if len(set(names)) != len(names):
+        raise DataError(f"--classes: duplicate class names in {','.join(names)}")
+    mask_dir = next((root / d for d in ("masks", "labels") if (root / d).is_dir()), root / "masks")
+    images = {f.stem: f for f in _files(root / "images", IMAGE_SUFFIXES)}
+    masks = {f.stem: f for f in _files(mask_dir, LABEL_SUFFIXES)} if mask_dir.is_dir() else {}
+    cases = [Case(stem, (f,), masks.get(stem)) for stem, f in sorted(images.items())]
+    orphans = sorted(f for stem, f in masks.items() if stem not in images)
+    return Dataset(root, "folders", cases, {n: i for i, n in enumerate(names)}, {}, {}, orphans)
+
+
+def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    return [
+        f
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")
+    ]
+
+
+def load_image(case: Case) -> np.ndarray:
+    """Read a case's image as ``(H, W, C)`` (channels from one multi-channel file or one file per channel).
+
+    Raises:
+        DataError: a file is unreadable, or the channel files differ in size.
+    """
+    arrays = [read_image(p) for p in case.images]
+    arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
+    for path, array in zip(case.images[1:], arrays[1:]):
+        if array.shape[:2] != arrays[0].shape[:2]:
+            raise DataError(
+                f"{path}: image is {_size(array)} but {case.images[0].name} is {_size(arrays[0])}"
+            )
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
+
+
+def load_label(case: Case, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a case's label mask ``(H, W)`` int32, checking its size against ``image_shape``."""
+    if case.label is None:
+        raise DataError(f"{case.images[0]}: no label file for case {case.name!r}")
+    label = read_label(case.label)
+    if image_shape is not None and label.shape[:2] != tuple(image_shape[:2]):
+        raise DataError(
+            f"{case.label}: label is {_size(label)} but {case.images[0].name} is {_size(image_shape)}"
+        )
+    return label
+
+
+def _size(shape_or_array: np.ndarray | tuple[int, ...]) -> str:
+    shape = shape_or_array.shape if isinstance(shape_or_array, np.ndarray) else shape_or_array
+    return f"{shape[1]}x{shape[0]}"
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_dataset`: every problem found and a summary of what is there."""
+
+    problems: list[str]
+    summary: dict
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def check_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> CheckReport:
+    """Validate a dataset, listing every problem at once rather than stopping at the first.
+
+    Checks: dataset readable and not empty, every image has a label and every label an image, every
+    file decodes, image channels agree with each other (and with dataset.json), label sizes match
+    image sizes, label values are declared classes.
+
+    Returns:
+        A report with ``problems`` (one line each, naming the file) and ``summary`` (cases, channels,
+        sizes, class pixel fractions).
+    """
+    try:
+        dataset = open_dataset(path, classes=classes)
+    except DataError as exc:
+        return CheckReport([str(exc)], {})
+    problems: list[str] = []
+    if not dataset.cases:
+        problems.append(f"{dataset.root}: dataset is empty (no image files found)")
+    problems += [f"{f}: label has no matching image" for f in dataset.orphan_labels]
+    declared = set(dataset.labels.values())
+    expected_channels = len(dataset.channel_names) or None
+    channel_counts: Counter[int] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()
+    pixel_counts: Counter[int] = Counter()
+    for case in dataset.cases:
+        if case.label is None:
+            problems.append(f"{case.images[0]}: no label file for case {case.name!r}")
+        try:
+            image = load_image(case)
+        except DataError as exc:
+            problems.append(str(exc))
+            image = None
+        if image is not None:
+            channel_counts[image.shape[-1]] += 1
+            sizes[image.shape[:2]] += 1
+            if expected_channels and image.shape[-1] != expected_channels:
+                problems.append(
+                    f"{case.images[0]}: image has {image.shape[-1]} channel(s) but dataset.json declares "
+                    f"{expected_channels}"
+                )
+        if case.label is None:
+            continue
+        try:
+            label = load_label(case, image.shape if image is not None else None)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        values, counts = np.unique(label, return_counts=True)
+        pixel_counts.update(dict(zip(values.tolist(), counts.tolist())))
+        unknown = sorted(set(values.tolist()) - declared)
+        if unknown:
+            problems.append(
+                f"{case.label}: label values {unknown} are not declared classes {sorted(declared)}"
+            )
+    if not expected_channels and len(channel_counts) > 1:
+        common = channel_counts.most_common(1)[0][0]
+        problems.append(
+            f"{dataset.root}: images disagree on channel count ({dict(channel_counts)}); most have {common}"
+        )
+    total = sum(pixel_counts.values()) or 1
+    id_to_name = {v: k for k, v in dataset.labels.items()}
+    summary = {
+        "dataset": str(dataset.root),
+        "layout": dataset.layout,
+        "cases": len(dataset.cases),
+        "labelled": sum(c.label is not None for c in dataset.cases),
+        "channels": dict(channel_counts),
+        "sizes": {f"{w}x{h}": n for (h, w), n in sizes.most_common()},
+        "class_fractions": {
+            id_to_name.get(v, f"unknown({v})"): pixel_counts.get(v, 0) / total
+            for v in sorted(declared | set(pixel_counts))
+        },
+    }
+    return CheckReport(problems, summary)

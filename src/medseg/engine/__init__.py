@@ -1,0 +1,1 @@
+"""Training engine: one Trainer with callbacks; devices and mixed precision."""

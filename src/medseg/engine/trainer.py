@@ -1,0 +1,232 @@
+"""One Trainer for every task: the loop, validation, mixed precision, schedule and resumable state.
+
+What differs between tasks is injected, never subclassed: ``step_fn`` computes the loss of a batch
+(the default is ``loss_fn(model(images), targets)``), ``validate`` returns the epoch's validation
+logs, and callbacks do the side work (checkpoints, early stopping, logs, progress, snapshots).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from medseg.engine.device import autocast
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; override the ones you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (also after a resume)."""
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        """Before each epoch's first step."""
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        """After each optimiser step, with the step's loss."""
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        """After validation; ``logs`` is the row just appended to ``trainer.state.history``."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch, early stop or step budget (not after an exception)."""
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a resume must restore (besides model/optimiser/scheduler)."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Train ``model`` for ``epochs`` epochs (or ``max_steps`` steps), validating after each epoch.
+
+    Args:
+        model: the network.
+        optimizer: its optimiser.
+        train_loader: iterable of batches; if it has ``sampler.set_epoch`` it is called each epoch.
+        loss_fn: ``loss_fn(outputs, targets)`` for the default step.
+        step_fn: ``step_fn(trainer, batch) -> loss tensor`` replacing the default step.
+        validate: ``validate(trainer) -> dict`` of validation logs (e.g. ``val_loss``, ``val_dice``).
+        scheduler: stepped after every optimiser step (LambdaLR etc.), or after validation with the
+            monitored value when ``plateau`` is true.
+        epochs: epoch budget.
+        max_steps: optimiser-step budget (0 = none).
+        monitor: validation log to maximise for best checkpoint, early stopping and plateau.
+        bf16: run forward passes under bf16 autocast.
+        grad_clip: max global gradient norm (0 = off).
+        callbacks: hooks, called in order.
+        device: where the model and batches live.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_loader: Iterable,
+        *,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        step_fn: Callable[[Trainer, Any], torch.Tensor] | None = None,
+        validate: Callable[[Trainer], dict[str, float]] | None = None,
+        scheduler: Any = None,
+        plateau: bool = False,
+        epochs: int = 1,
+        max_steps: int = 0,
+        monitor: str = "val_dice",
+        bf16: bool = False,
+        grad_clip: float = 0.0,
+        callbacks: Sequence[Callback] = (),
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        if step_fn is None and loss_fn is None:
+            raise ValueError("Trainer needs loss_fn or step_fn")
+        self.model = model
+        self.optimizer = optimizer
+        self.train_loader = train_loader
+        self.loss_fn = loss_fn
+        self.step_fn = step_fn or _default_step
+        self.validate = validate
+        self.scheduler = scheduler
+        self.plateau = plateau
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.monitor = monitor
+        self.bf16 = bf16
+        self.grad_clip = grad_clip
+        self.callbacks = list(callbacks)
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.state = TrainState()
+        self.should_stop = False
+        self.improved = False  # whether the epoch just validated set a new best
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Run until the epoch or step budget is spent or a callback sets ``should_stop``."""
+        self.model.to(self.device, memory_format=self.memory_format)
+        self._call("on_fit_start")
+        while self.state.epoch < self.epochs and not self._budget_spent() and not self.should_stop:
+            self.train_one_epoch()
+        self._call("on_fit_end")
+        return self.state
+
+    def train_one_epoch(self) -> dict[str, float]:
+        """One pass over ``train_loader``, then validation and the epoch-end callbacks."""
+        start = time.perf_counter()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.state.epoch)
+        self.model.train()
+        self._call("on_epoch_start")
+        total, count = 0.0, 0
+        for batch in self.train_loader:
+            loss = self.run_step(batch)
+            total += loss
+            count += 1
+            self._call("on_step_end", loss)
+            if self._budget_spent():
+                break
+        self.state.epoch += 1
+        logs: dict[str, float] = {"epoch": self.state.epoch, "train_loss": total / max(count, 1)}
+        if self.validate is not None:
+            self.model.eval()
+            with torch.inference_mode():
+                logs.update(self.validate(self))
+            self.model.train()
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None and self.plateau and self.monitor in logs:
+            self.scheduler.step(logs[self.monitor])
+        value = logs.get(self.monitor, -logs["train_loss"] if self.validate is None else math.nan)
+        self.improved = not math.isnan(value) and value > self.state.best_metric
+        if self.improved:
+            self.state.best_metric, self.state.best_epoch = float(value), self.state.epoch
+        logs["seconds"] = time.perf_counter() - start
+        self.state.history.append(logs)
+        self._call("on_epoch_end", logs)
+        return logs
+
+    def run_step(self, batch: Any) -> float:
+        """Forward, backward and optimiser step on one batch; returns the loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.step_fn(self, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.state.global_step}; lower train.lr"
+            )
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None and not self.plateau:
+            self.scheduler.step()
+        self.state.global_step += 1
+        return float(loss.detach())
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Move a batch tensor to the device (images 4D in the model's memory format)."""
+        if tensor.ndim == 4 and tensor.is_floating_point():
+            return tensor.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return tensor.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        """The autocast context forward passes run under."""
+        return autocast(self.device, self.bf16)
+
+    def _budget_spent(self) -> bool:
+        return bool(self.max_steps) and self.state.global_step >= self.max_steps
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    # -- resumable state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimiser, scheduler, progress and RNG state: all a resume needs."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+            "best_metric": self.state.best_metric,
+            "best_epoch": self.state.best_epoch,
+            "history": self.state.history,
+            "stopped_early": self.state.stopped_early,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(
+            epoch=int(state["epoch"]),
+            global_step=int(state["global_step"]),
+            best_metric=float(state["best_metric"]),
+            best_epoch=int(state["best_epoch"]),
+            history=list(state["history"]),
+            stopped_early=bool(state.get("stopped_early", False)),
+        )
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _default_step(trainer: Trainer, batch: Any) -> torch.Tensor:
+    images, targets = batch
+    images, targets = trainer.to_device(images), trainer.to_device(targets)
+    with trainer.autocast():
+        outputs = trainer.model(images)
+    return trainer.loss_fn(outputs, targets)

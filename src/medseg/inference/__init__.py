@@ -1,0 +1,1 @@
+"""Inference: ``Predictor.from_run(run_dir)`` and friends."""

@@ -1,0 +1,77 @@
+"""Segmentation losses: Dice + cross-entropy with class weights and an ignore index."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DiceCELoss(nn.Module):
+    """``dice_weight * soft Dice loss + ce_weight * cross-entropy`` on softmax logits.
+
+    Written here because MONAI's DiceCELoss has no ``ignore_index``. Cross-entropy is torch's (class
+    weights, ignore_index). Dice is batch soft Dice (intersection and sums over the whole batch, as
+    nnU-Net computes it), equal to MONAI's ``DiceLoss(softmax=True, batch=True)`` when nothing is
+    ignored (tested); ignored pixels are removed from both prediction and target. Both terms run in
+    float32 even under bf16 autocast, since soft Dice sums over many pixels.
+
+    Args:
+        num_classes: number of classes K (logit channels).
+        dice_weight: weight of the Dice term.
+        ce_weight: weight of the cross-entropy term.
+        class_weights: K weights for cross-entropy; empty = uniform.
+        ignore_index: label value excluded from both terms; negative = none.
+        include_background: whether class 0 contributes to Dice (always when K == 1).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        class_weights: Sequence[float] = (),
+        ignore_index: int = -1,
+        include_background: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_weights and len(class_weights) != num_classes:
+            raise ValueError(f"loss.class_weights has {len(class_weights)} values for {num_classes} classes")
+        weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weight, persistent=False)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+        self.first_dice_class = 0 if include_background or num_classes == 1 else 1
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss for ``logits`` (N, K, H, W) and integer ``target`` (N, H, W)."""
+        logits = logits.float()
+        target = target.long()
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            ignore = self.ignore_index if self.ignore_index >= 0 else -100
+            ce = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=ignore)
+            loss = loss + self.ce_weight * ce
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self.soft_dice_loss(logits, target)
+        return loss
+
+    def soft_dice_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """1 - batch soft Dice, averaged over the scored classes."""
+        probs = torch.softmax(logits, dim=1)
+        if self.ignore_index >= 0:
+            valid = target != self.ignore_index
+            target = torch.where(valid, target, torch.zeros_like(target))
+            probs = probs * valid[:, None]
+            onehot = F.one_hot(target, self.num_classes).permute(0, 3, 1, 2) * valid[:, None]
+        else:
+            onehot = F.one_hot(target, self.num_classes).permute(0, 3, 1, 2)
+        dims = (0, 2, 3)
+        inter = (probs * onehot).sum(dims)[self.first_dice_class :]
+        denom = (probs.sum(dims) + onehot.sum(dims))[self.first_dice_class :]
+        return (1.0 - (2.0 * inter + 1e-5) / (denom + 1e-5)).mean()

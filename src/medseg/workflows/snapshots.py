@@ -1,0 +1,93 @@
+"""Per-epoch snapshot of predictions on one fixed validation image, and the progress GIF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medseg.config import Config
+from medseg.engine.trainer import Callback, Trainer
+from medseg.report import class_colors
+
+MAX_FRAMES = 30
+MAX_WIDTH = 560
+
+
+class Snapshots(Callback):
+    """Write ``snapshots/epoch_NNN.png`` after every epoch and rebuild ``snapshots/progress.gif``.
+
+    Args:
+        folder: ``RUN/snapshots``.
+        config: the run config (colours, normalisation).
+        case: the case name shown.
+        image: its normalised image ``(C, H, W)`` float32.
+        label: its label ``(H, W)``.
+    """
+
+    def __init__(self, folder: Path, config: Config, case: str, image: np.ndarray, label: np.ndarray) -> None:
+        self.folder = Path(folder)
+        self.config = config
+        self.case = case
+        self.image = image
+        self.label = label
+        self.colors = class_colors(config.data.labels, config.data.colors)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        import torch
+
+        from medseg.inference.predictor import Predictor
+        from medseg.io import write_image
+        from medseg.report import snapshot_frame
+
+        predictor = Predictor(trainer.model, self.config, trainer.device)
+        predictor.bf16 = trainer.bf16
+        with torch.inference_mode():
+            pred = predictor.logits(torch.from_numpy(self.image)[None]).argmax(1)[0].cpu().numpy()
+        trainer.model.train()
+        display = np.moveaxis(self.image, 0, -1)
+        frame = snapshot_frame(
+            display, self.label, pred, self.colors, epoch=trainer.state.epoch, score=logs.get("val_dice")
+        )
+        write_image(self.folder / f"epoch_{trainer.state.epoch:03d}.png", frame)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        # Built once at the end (from the PNGs, so a resumed run includes the epochs before the
+        # interruption): rebuilding it every epoch made the demo's snapshot cost quadratic.
+        write_progress_gif(self.folder)
+
+
+def write_progress_gif(
+    folder: Path, *, max_frames: int = MAX_FRAMES, max_width: int = MAX_WIDTH
+) -> Path | None:
+    """``folder/progress.gif`` from ``folder/epoch_*.png``: at most ``max_frames`` evenly spaced epochs
+    (first and last always in), scaled to at most ``max_width`` pixels wide so the report stays light.
+    """
+    from PIL import Image
+
+    from medseg.io import read_image
+    from medseg.report import write_gif
+
+    paths = sorted(Path(folder).glob("epoch_*.png"))
+    if not paths:
+        return None
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(max_frames, len(paths))).round().astype(int))
+    frames = []
+    for i in picks:
+        frame = Image.fromarray(read_image(paths[i]))
+        if frame.width > max_width:
+            frame = frame.resize((max_width, round(frame.height * max_width / frame.width)), Image.LANCZOS)
+        frames.append(np.asarray(frame))
+    return write_gif(frames, Path(folder) / "progress.gif")
+
+
+def pick_snapshot_case(labels: list[np.ndarray]) -> int:
+    """Index of the image that shows the most: most foreground classes present, then the largest share of
+    its rarest present class (so a small structure is visible in every frame)."""
+
+    def score(label: np.ndarray) -> tuple[int, float]:
+        counts = np.bincount(label.ravel().astype(np.int64))[1:]
+        present = counts[counts > 0]
+        return (len(present), float(present.min() / label.size) if len(present) else 0.0)
+
+    return max(range(len(labels)), key=lambda i: score(labels[i]))

@@ -1,0 +1,348 @@
+"""``medseg train``: dataset folder -> run folder (config, split, checkpoints, logs, snapshots)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medseg.config import Config, from_dict, read_yaml, save_config
+from medseg.data.dataset import Dataset, load_image, load_label, open_dataset
+from medseg.data.splits import make_split
+from medseg.errors import DataError, RunError
+from medseg.io import write_json_atomic
+from medseg.transforms import normalize
+
+
+def train(
+    dataset: str | Path | None,
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    classes: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+) -> Path:
+    """Train a segmentation model and write the run folder.
+
+    Args:
+        dataset: dataset folder (native layout or images/ + masks/); with ``resume`` may be None to reuse
+            the run's.
+        config: the run config (ignored on resume except for ``overrides``, which apply on top of the
+            saved config, e.g. ``train.epochs=80`` to train longer).
+        out: run folder to create (or to resume).
+        resume: continue from ``out/checkpoints/last.pt``.
+        classes: class names for an images/ + masks/ dataset.
+        overrides: ``--set`` overrides (only used on resume; otherwise already in ``config``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        MedsegError: bad dataset, config or run folder (one line naming the problem).
+    """
+    import torch
+
+    from medseg.engine.checkpoint import load_checkpoint
+    from medseg.engine.device import pick_device, seed_everything, use_bf16
+
+    run = Path(out)
+    if resume:
+        config = _resume_config(run, overrides)
+        if dataset is not None:
+            config.data.path = str(Path(dataset).resolve())
+    elif (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*.pt")):
+        raise RunError(
+            f"{run}: already holds a trained run; use --resume to continue it or choose another --out"
+        )
+    else:
+        if dataset is None:
+            raise DataError("train: a DATASET folder is required")
+        config = dataclasses.replace(config)
+        config.data.path = str(Path(dataset).resolve())
+
+    data = open_dataset(config.data.path, classes=classes or _classes_from_config(config))
+    _fill_data_config(config, data)
+    splits = _load_or_make_split(run, data, config, resume)
+    train_images, train_labels = _load_cases(data, splits["train"], config)
+    val_cases = splits["val"]
+    val_images, val_labels = _load_cases(data, val_cases, config) if val_cases else ([], [])
+    config.data.in_channels = train_images[0].shape[0]
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(config.validate(), run / "config.yaml")
+
+    device = pick_device(device)
+    seed_everything(config.train.seed)
+    torch.set_num_threads(torch.get_num_threads())
+    trainer = _build_trainer(
+        config, run, device, train_images, train_labels, val_images, val_labels, val_cases
+    )
+    if resume:
+        last = run / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise RunError(f"{run}: --resume but there is no checkpoint at {last}")
+        trainer.load_state_dict(load_checkpoint(last))
+        if trainer.state.epoch >= config.train.epochs:
+            print(f"{run}: already trained for {trainer.state.epoch} epochs; raise train.epochs to continue")
+    start = time.perf_counter()
+    amp = "bf16" if use_bf16(config.train.amp, device) else "off"
+    print(
+        f"training {config.model.name} on {len(train_images)} cases (val {len(val_images)}), "
+        f"{config.train.epochs} epochs, device {device.type}, amp {amp}",
+        file=sys.stderr,
+    )
+    state = trainer.fit()
+    write_json_atomic(
+        run / "train_summary.json",
+        {
+            "best_epoch": state.best_epoch,
+            "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
+            "monitor": config.train.monitor,
+            "epochs_run": state.epoch,
+            "steps": state.global_step,
+            "seconds": round(time.perf_counter() - start, 2),
+            "stopped_early": state.stopped_early,
+            "device": device.type,
+            "amp": amp,
+            "train_cases": len(train_images),
+            "val_cases": len(val_images),
+        },
+    )
+    return run
+
+
+def _resume_config(run: Path, overrides: Sequence[str]) -> Config:
+    from medseg.config import apply_overrides
+
+    if not (run / "config.yaml").is_file():
+        raise RunError(f"{run}: --resume but this is not a medseg run (no config.yaml)")
+    data = apply_overrides(read_yaml(run / "config.yaml"), list(overrides))
+    return from_dict(data).validate()
+
+
+def _classes_from_config(config: Config) -> list[str] | None:
+    if not config.data.labels:
+        return None
+    return [n for n, _ in sorted(config.data.labels.items(), key=lambda kv: kv[1])]
+
+
+def _fill_data_config(config: Config, data: Dataset) -> None:
+    if config.data.labels and config.data.labels != data.labels:
+        raise DataError(f"{data.root}: classes {data.labels} differ from the run's {config.data.labels}")
+    config.data.labels = dict(data.labels)
+    if data.colors:
+        config.data.colors = {k: list(v) for k, v in data.colors.items()}
+    ids = sorted(data.labels.values())
+    if ids != list(range(len(ids))):
+        raise DataError(f"{data.root}: class ids must be 0..K-1 without gaps, got {ids}")
+
+
+def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) -> dict[str, list[str]]:
+    path = run / "splits.json"
+    labelled = [c.name for c in data.cases if c.label is not None]
+    if not labelled:
+        raise DataError(
+            f"{data.root}: no labelled cases to train on (check it: medseg data check {data.root})"
+        )
+    if resume and path.is_file():
+        splits = json.loads(path.read_text())
+        missing = sorted(set(splits["train"] + splits["val"]) - set(labelled))
+        if missing:
+            raise DataError(f"{data.root}: cases of the saved split are missing: {', '.join(missing[:5])}")
+        return splits
+    d = config.data
+    splits = make_split(labelled, val_fraction=d.val_fraction, seed=d.split_seed, group_by=d.group_by)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        path, {**splits, "val_fraction": d.val_fraction, "seed": d.split_seed, "group_by": d.group_by}
+    )
+    return splits
+
+
+def _load_cases(
+    data: Dataset, names: Sequence[str], config: Config
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read, check and normalise cases into memory: images ``(C, H, W)`` float32, labels ``(H, W)`` int16."""
+    declared = set(config.data.labels.values())
+    if config.data.ignore_index >= 0:
+        declared.add(config.data.ignore_index)
+    images, labels = [], []
+    channels = None
+    for name in names:
+        case = data.case(name)
+        image = load_image(case)
+        label = load_label(case, image.shape)
+        unknown = sorted(set(np.unique(label).tolist()) - declared)
+        if unknown:
+            raise DataError(
+                f"{case.label}: label values {unknown} are not declared classes {sorted(declared)}"
+            )
+        normalised = normalize(
+            image, config.data.normalization, low=config.data.norm_low, high=config.data.norm_high
+        )
+        if channels is not None and normalised.shape[0] != channels:
+            raise DataError(
+                f"{case.images[0]}: image has {normalised.shape[0]} channel(s), others have {channels}"
+            )
+        channels = normalised.shape[0]
+        images.append(normalised)
+        labels.append(label.astype(np.int16))
+    return images, labels
+
+
+def _build_trainer(config, run, device, train_images, train_labels, val_images, val_labels, val_cases):
+    import torch
+
+    from medseg.data.samples import EpochSampler, PatchDataset
+    from medseg.engine import callbacks as cb
+    from medseg.engine.device import use_bf16
+    from medseg.engine.trainer import Trainer
+    from medseg.losses import DiceCELoss
+    from medseg.models import create_model
+
+    num_classes = len(config.data.labels)
+    t = config.train
+    model = create_model(
+        config.model.name, in_channels=config.data.in_channels, num_classes=num_classes, **config.model.params
+    )
+    pad_label = config.data.ignore_index if config.data.ignore_index >= 0 else 0
+    patches = PatchDataset(
+        train_images, train_labels, tuple(config.data.patch_size), config.augment, pad_label=pad_label
+    )
+    samples = config.data.samples_per_epoch or len(train_images)
+    sampler = EpochSampler(len(train_images), samples, t.seed)
+    workers = max(0, config.data.num_workers)
+    loader = torch.utils.data.DataLoader(
+        patches,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=samples >= 2 * t.batch_size,
+    )
+    steps_per_epoch = len(loader)
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps:
+        total_steps = min(total_steps, t.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optim_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler, plateau = _scheduler(optimizer, config, steps_per_epoch, total_steps)
+    loss_fn = DiceCELoss(
+        num_classes,
+        dice_weight=config.loss.dice_weight,
+        ce_weight=config.loss.ce_weight,
+        class_weights=config.loss.class_weights,
+        ignore_index=config.data.ignore_index,
+        include_background=config.loss.dice_include_background,
+    ).to(device)
+    callbacks: list = [
+        cb.Checkpoint(run / "checkpoints", {"config": config.to_dict()}),
+        cb.EarlyStopping(t.early_stopping),
+        cb.CSVLogger(run / "metrics.csv"),
+    ]
+    if t.log == "tensorboard":
+        callbacks.append(cb.TensorBoardLogger(run / "tensorboard"))
+    if t.progress:
+        callbacks.append(cb.ProgressBar(steps_per_epoch))
+    validate = None
+    if val_images:
+        validate = SemanticValidation(config, val_images, val_labels, loss_fn)
+        if t.snapshots:
+            from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
+
+            i = pick_snapshot_case(val_labels)
+            callbacks.append(Snapshots(run / "snapshots", config, val_cases[i], val_images[i], val_labels[i]))
+    return Trainer(
+        model,
+        optimizer,
+        loader,
+        loss_fn=loss_fn,
+        validate=validate,
+        scheduler=scheduler,
+        plateau=plateau,
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        monitor=t.monitor,
+        bf16=use_bf16(t.amp, device),
+        grad_clip=t.grad_clip,
+        callbacks=callbacks,
+        device=device,
+        channels_last=t.channels_last,
+    )
+
+
+def _scheduler(optimizer, config: Config, steps_per_epoch: int, total_steps: int):
+    import torch
+
+    t = config.train
+    if t.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5), True
+    warmup = t.warmup_epochs * steps_per_epoch
+    if t.schedule == "none" and not warmup:
+        return None, False
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if t.schedule == "none":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), False
+
+
+class SemanticValidation:
+    """Validation on whole images: loss, and Dice per class averaged over images (NaN-skipping).
+
+    Returns logs ``val_loss``, ``val_dice`` (mean over foreground classes) and ``val_dice_<class>``.
+    """
+
+    def __init__(self, config: Config, images, labels, loss_fn) -> None:
+        self.config = config
+        self.images = images
+        self.labels = labels
+        self.loss_fn = loss_fn
+        self.names = [n for n, _ in sorted(config.data.labels.items(), key=lambda kv: kv[1])]
+
+    def __call__(self, trainer) -> dict[str, float]:
+        import torch
+
+        from medseg.inference.predictor import Predictor
+        from medseg.metrics import per_class_metrics
+
+        predictor = Predictor(trainer.model, self.config, trainer.device)
+        predictor.bf16 = trainer.bf16
+        losses, dices = [], []
+        for image, label in zip(self.images, self.labels):
+            logits = predictor.logits(torch.from_numpy(image)[None])
+            target = torch.from_numpy(label.astype(np.int64))[None].to(trainer.device)
+            losses.append(float(self.loss_fn(logits, target)))
+            pred = logits.argmax(1)[0].cpu().numpy()
+            truth = (
+                label
+                if self.config.data.ignore_index < 0
+                else np.where(label == self.config.data.ignore_index, 255, label)
+            )
+            dices.append(per_class_metrics(truth, pred, len(self.names), hd95=False)["dice"])
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_class = np.nanmean(np.stack(dices), axis=0)
+        logs = {"val_loss": float(np.mean(losses))}
+        fg = per_class[1:] if len(per_class) > 1 else per_class
+        logs["val_dice"] = float(np.nanmean(fg)) if np.isfinite(fg).any() else 0.0
+        for name, value in zip(self.names[1:], per_class[1:]):
+            logs[f"val_dice_{name}"] = float(value)
+        return logs
