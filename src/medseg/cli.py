@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medseg`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    # SUPPRESS: a subcommand's own --debug default must not reset `medseg --debug COMMAND`
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser = argparse.ArgumentParser(
         prog="medseg",
         description="Biomedical image segmentation: from images and masks to a model, metrics and reports.",
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = data.add_parser("check", parents=[common], help="list every problem of a dataset and summarise it")
     c.add_argument("dataset", help="dataset folder")
     c.add_argument("--classes", help="class names for an images/ + masks/ folder, e.g. background,cell")
+    c.add_argument(
+        "--ignore-index", type=int, help="label value for unannotated pixels, allowed besides classes"
+    )
     c.set_defaults(func=_data_check)
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset")
@@ -163,14 +168,13 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from medseg.models import create_model, describe_model, list_models
+    from medseg.models import count_parameters, create_model, describe_model, list_models
 
     names = list_models(args.pattern)
     width = max((len(n) for n in names), default=4)
     print(f"{'name':<{width}}  {'params':>10}  description")
     for name in names:
-        model = create_model(name, in_channels=3, num_classes=2)
-        params = sum(p.numel() for p in model.parameters())
+        params = count_parameters(create_model(name, in_channels=3, num_classes=2))
         print(f"{name:<{width}}  {params:>10,}  {describe_model(name)}")
     return 0
 
@@ -178,8 +182,6 @@ def _models(args: argparse.Namespace) -> int:
 def _phantom_blood(args: argparse.Namespace) -> int:
     from medseg.data.phantoms import write_blood_dataset
 
-    if args.n < 1 or args.size < 32:
-        raise MedsegError("phantom blood: --n must be >= 1 and --size >= 32")
     out = write_blood_dataset(args.out, args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} blood smear phantoms to {out}")
     return 0
@@ -188,7 +190,7 @@ def _phantom_blood(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from medseg.data.dataset import check_dataset
 
-    report = check_dataset(args.dataset, classes=_split_classes(args.classes))
+    report = check_dataset(args.dataset, classes=_split_classes(args.classes), ignore_index=args.ignore_index)
     s = report.summary
     if s:
         print(f"dataset   {s['dataset']} ({s['layout']} layout)")

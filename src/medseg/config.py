@@ -40,6 +40,11 @@ class DataConfig:
     num_workers: int = 1
     samples_per_epoch: int = 0  # training crops per epoch; 0 = one per training case
 
+    @property
+    def class_names(self) -> list[str]:
+        """Class names ordered by id."""
+        return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
+
 
 @dataclass
 class ModelConfig:
@@ -114,6 +119,15 @@ class Config:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
         if len(self.data.patch_size) != 2 or min(self.data.patch_size) < 16:
             raise ConfigError(f"data.patch_size: expected two sizes >= 16, got {self.data.patch_size}")
+        if not 0 <= self.data.norm_low < self.data.norm_high <= 100:
+            raise ConfigError(
+                f"data.norm_low/norm_high: need 0 <= low < high <= 100, got {self.data.norm_low}, "
+                f"{self.data.norm_high}"
+            )
+        if self.train.early_stopping < 0 or self.train.max_steps < 0:
+            raise ConfigError("train.early_stopping and train.max_steps must be >= 0")
+        if self.data.ignore_index in self.data.labels.values():
+            raise ConfigError(f"data.ignore_index: {self.data.ignore_index} is the id of a class")
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
         if self.train.epochs < 1 or self.train.batch_size < 1 or self.train.lr <= 0:

@@ -53,7 +53,9 @@ class DiceCELoss(nn.Module):
         logits = logits.float()
         target = target.long()
         loss = logits.new_zeros(())
-        if self.ce_weight:
+        # A batch whose pixels are all ignored (sparse annotation, padding) contributes no CE rather than
+        # torch's 0/0 = NaN.
+        if self.ce_weight and (self.ignore_index < 0 or bool((target != self.ignore_index).any())):
             ignore = self.ignore_index if self.ignore_index >= 0 else -100
             ce = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=ignore)
             loss = loss + self.ce_weight * ce

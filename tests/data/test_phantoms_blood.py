@@ -250,3 +250,27 @@ def test_write_blood_dataset_is_byte_identical_and_cases_do_not_depend_on_n(tmp_
     assert (other / "imagesTr" / "blood_000_0000.png").read_bytes() != (
         small / "imagesTr" / "blood_000_0000.png"
     ).read_bytes()
+
+
+def test_rewriting_with_fewer_cases_removes_the_stale_ones(tmp_path):
+    from medseg.data.phantoms import write_blood_dataset
+
+    write_blood_dataset(tmp_path / "d", 4, size=48)
+    write_blood_dataset(tmp_path / "d", 2, size=48)
+    assert sorted(p.name for p in (tmp_path / "d" / "labelsTr").iterdir()) == [
+        "blood_000.png",
+        "blood_001.png",
+    ]
+    assert len(list((tmp_path / "d" / "instancesTr").iterdir())) == 4
+
+
+def test_refuses_to_write_into_another_dataset(tmp_path):
+    import pytest
+
+    from medseg.data.phantoms import write_blood_dataset
+    from medseg.errors import MedsegError
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "dataset.json").write_text('{"name": "my_precious_data"}')
+    with pytest.raises(MedsegError, match="holds another dataset"):
+        write_blood_dataset(tmp_path / "d", 1, size=48)

@@ -20,13 +20,18 @@ def test_output_has_input_size(trained_run: Path, shape):
     np.testing.assert_array_equal(result.labels, result.probabilities.argmax(0))
 
 
-def test_padding_does_not_change_the_valid_region(trained_run: Path):
-    """Predicting a crop of an image equals predicting it padded: same normalisation, same network."""
+def test_logits_pad_to_the_divisor_and_crop_back(trained_run: Path):
     predictor = Predictor.from_run(trained_run, device="cpu")
-    image = np.random.default_rng(1).random((3, 40, 44)).astype(np.float32)
-    logits = predictor.logits(torch.from_numpy(image)[None])
-    assert logits.shape == (1, 4, 40, 44)
-    assert logits.dtype == torch.float32
+    predictor.bf16 = False
+    assert predictor.divisor == 4
+    image = torch.from_numpy(np.random.default_rng(1).random((1, 3, 40, 44)).astype(np.float32))
+    with torch.inference_mode():
+        direct = predictor.model(image)  # already a multiple of 4: no padding
+        np.testing.assert_allclose(predictor.logits(image).numpy(), direct.numpy(), atol=1e-6)
+        odd = image[..., :38, :43]
+        padded = torch.nn.functional.pad(odd, (0, 1, 0, 2), mode="reflect")
+        expected = predictor.model(padded)[..., :38, :43]
+        np.testing.assert_allclose(predictor.logits(odd).numpy(), expected.numpy(), atol=1e-6)
 
 
 def test_grey_image_is_expanded_for_an_rgb_model(trained_run: Path, blood_dataset: Path):

@@ -32,7 +32,7 @@ data:
   colors: {nucleus: [230, 20, 20]}
   normalization: percentile
 model: {name: unet_tiny}
-loss: {name: dice_ce}
+loss: {dice_weight: 1.0, ce_weight: 1.0}
 train: {epochs: 50, lr: 0.001, batch_size: 4}
 augment: {flip: true}
 """
@@ -105,7 +105,7 @@ def full_run(tmp_path):
     (run / "checkpoints" / "best.pt").write_bytes(b"x" * 2500)
     (run / "train_summary.json").write_text(json.dumps({
         "best_epoch": 4, "best_metric": 0.82, "monitor": "val_dice", "epochs_run": 5, "seconds": 75.0,
-        "stopped_early": False, "device": "cpu", "amp": False,
+        "stopped_early": False, "device": "cpu", "amp": "off",
     }))  # fmt: skip
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(EVAL_METRICS))

@@ -121,3 +121,36 @@ def test_unknown_mode_lists_the_choices():
 def test_invalid_percentiles_are_rejected(low, high):
     with pytest.raises(ValueError, match="percentiles"):
         normalize(np.zeros((2, 2)), "percentile", low=low, high=high)
+
+
+@pytest.mark.parametrize("mode", NORMALIZATIONS)
+def test_nan_becomes_the_channel_median(mode):
+    rng = np.random.default_rng(4)
+    clean = rng.random((16, 16, 2)) * 100
+    image = clean.copy()
+    image[3, 4, 0] = np.nan
+    clean[3, 4, 0] = np.nanmedian(image[..., 0])
+    out = normalize(image, mode)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, normalize(clean, mode), rtol=1e-6, atol=1e-6)
+    assert np.isnan(image[3, 4, 0])  # the input is left alone
+
+
+@pytest.mark.parametrize("mode", NORMALIZATIONS)
+def test_infinities_are_clipped_to_the_finite_range(mode):
+    clean = np.arange(12, dtype=np.float32).reshape(3, 4)
+    image = clean.copy()
+    image[0, 0], image[2, 3] = -np.inf, np.inf  # replace the minimum 0 and the maximum 11
+    clean[0, 0], clean[2, 3] = 1.0, 10.0
+    out = normalize(image, mode)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, normalize(clean, mode), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", NORMALIZATIONS)
+def test_a_channel_without_finite_values_becomes_zeros(mode):
+    image = np.stack([np.full((4, 4), np.nan), np.arange(16.0).reshape(4, 4)], axis=-1)
+    image[0, 0, 0] = np.inf
+    out = normalize(image, mode)
+    np.testing.assert_array_equal(out[0], 0.0)
+    np.testing.assert_array_equal(out[1], normalize(image[..., 1], mode)[0])

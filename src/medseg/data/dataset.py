@@ -46,11 +46,7 @@ class Dataset:
     channel_names: dict[str, str] = field(default_factory=dict)
     colors: dict[str, list[int]] = field(default_factory=dict)
     orphan_labels: list[Path] = field(default_factory=list)  # label files with no image
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes, background included (max id + 1)."""
-        return max(self.labels.values()) + 1 if self.labels else 0
+    ignore_label: int | None = None  # nnU-Net's "ignore" label value: pixels excluded from loss and metrics
 
     @property
     def class_names(self) -> list[str]:
@@ -59,10 +55,15 @@ class Dataset:
 
     def case(self, name: str) -> Case:
         """The case called ``name``."""
-        for case in self.cases:
-            if case.name == name:
-                return case
-        raise DataError(f"{self.root}: no case named {name!r}")
+        if len(self._by_name) != len(self.cases):
+            self._by_name = {case.name: case for case in self.cases}
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise DataError(f"{self.root}: no case named {name!r}") from None
+
+    def __post_init__(self) -> None:
+        self._by_name: dict[str, Case] = {}
 
 
 def open_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> Dataset:
@@ -101,6 +102,8 @@ def _open_nnunet(root: Path) -> Dataset:
         raise DataError(
             f"{meta_path}: 'labels' must map names to non-negative integer ids (regions unsupported)"
         )
+    labels = dict(labels)
+    ignore_label = labels.pop("ignore", None)  # nnU-Net v2: unannotated pixels, not a class
     channel_names = {
         str(k): str(v) for k, v in (meta.get("channel_names") or meta.get("modality") or {}).items()
     }
@@ -108,18 +111,24 @@ def _open_nnunet(root: Path) -> Dataset:
     image_dir, label_dir = root / "imagesTr", root / "labelsTr"
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: folder not found")
+    label_files = {f.stem: f for f in _files(label_dir, LABEL_SUFFIXES)} if label_dir.is_dir() else {}
+    max_channels = len(channel_names) or 10_000
     channels: dict[str, dict[int, Path]] = {}
     for file in sorted(_files(image_dir, IMAGE_SUFFIXES)):
         match = _CHANNEL_SUFFIX.match(file.stem)
-        name, channel = (match["case"], int(match["channel"])) if match else (file.stem, 0)
+        # "img_0001.png" is channel 1 of case "img" only if no label is named "img_0001" and the dataset
+        # has that many channels; otherwise the digits are part of the case name.
+        if match and file.stem not in label_files and int(match["channel"]) < max_channels:
+            name, channel = match["case"], int(match["channel"])
+        else:
+            name, channel = file.stem, 0
         channels.setdefault(name, {})[channel] = file
-    label_files = {f.stem: f for f in _files(label_dir, LABEL_SUFFIXES)} if label_dir.is_dir() else {}
     cases = [
         Case(name, tuple(files[c] for c in sorted(files)), label_files.get(name))
         for name, files in sorted(channels.items())
     ]
     orphans = sorted(f for stem, f in label_files.items() if stem not in channels)
-    return Dataset(root, "nnunet", cases, dict(labels), channel_names, colors, orphans)
+    return Dataset(root, "nnunet", cases, labels, channel_names, colors, orphans, ignore_label)
 
 
 def _open_folders(root: Path, classes: Sequence[str] | None) -> Dataset:
@@ -170,6 +179,26 @@ def load_label(case: Case, image_shape: tuple[int, ...] | None = None) -> np.nda
     return label
 
 
+def undeclared_values(
+    label: np.ndarray, labels: dict[str, int], ignore_index: int | None = None
+) -> list[int]:
+    """Values of ``label`` (H, W) that are neither a class id of ``labels`` nor ``ignore_index``."""
+    allowed = set(labels.values())
+    if ignore_index is not None and ignore_index >= 0:
+        allowed.add(ignore_index)
+    return sorted(set(np.unique(label).tolist()) - allowed)
+
+
+def label_values_error(
+    path: Path | None, label: np.ndarray, labels: dict[str, int], ignore_index: int | None = None
+) -> str | None:
+    """The one-line problem when ``label`` holds values that are not classes, else None."""
+    unknown = undeclared_values(label, labels, ignore_index)
+    if not unknown:
+        return None
+    return f"{path}: label values {unknown} are not declared classes {sorted(labels.values())}"
+
+
 def _size(shape_or_array: np.ndarray | tuple[int, ...]) -> str:
     shape = shape_or_array.shape if isinstance(shape_or_array, np.ndarray) else shape_or_array
     return f"{shape[1]}x{shape[0]}"
@@ -188,12 +217,19 @@ class CheckReport:
         return not self.problems
 
 
-def check_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> CheckReport:
+def check_dataset(
+    path: str | Path, *, classes: Sequence[str] | None = None, ignore_index: int | None = None
+) -> CheckReport:
     """Validate a dataset, listing every problem at once rather than stopping at the first.
 
     Checks: dataset readable and not empty, every image has a label and every label an image, every
     file decodes, image channels agree with each other (and with dataset.json), label sizes match
     image sizes, label values are declared classes.
+
+    Args:
+        path: the dataset folder.
+        classes: class names for an images/ + masks/ dataset.
+        ignore_index: a label value allowed besides the classes (default: dataset.json's "ignore").
 
     Returns:
         A report with ``problems`` (one line each, naming the file) and ``summary`` (cases, channels,
@@ -207,7 +243,11 @@ def check_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> 
     if not dataset.cases:
         problems.append(f"{dataset.root}: dataset is empty (no image files found)")
     problems += [f"{f}: label has no matching image" for f in dataset.orphan_labels]
-    declared = set(dataset.labels.values())
+    if len(dataset.labels) < 2:
+        problems.append(f"{dataset.root}: needs at least two classes (background and one more)")
+    if ignore_index is None:
+        ignore_index = dataset.ignore_label
+    declared = set(dataset.labels.values()) | ({ignore_index} if ignore_index is not None else set())
     expected_channels = len(dataset.channel_names) or None
     channel_counts: Counter[int] = Counter()
     sizes: Counter[tuple[int, int]] = Counter()
@@ -237,11 +277,9 @@ def check_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> 
             continue
         values, counts = np.unique(label, return_counts=True)
         pixel_counts.update(dict(zip(values.tolist(), counts.tolist())))
-        unknown = sorted(set(values.tolist()) - declared)
-        if unknown:
-            problems.append(
-                f"{case.label}: label values {unknown} are not declared classes {sorted(declared)}"
-            )
+        problem = label_values_error(case.label, label, dataset.labels, ignore_index)
+        if problem:
+            problems.append(problem)
     if not expected_channels and len(channel_counts) > 1:
         common = channel_counts.most_common(1)[0][0]
         problems.append(
@@ -249,6 +287,8 @@ def check_dataset(path: str | Path, *, classes: Sequence[str] | None = None) -> 
         )
     total = sum(pixel_counts.values()) or 1
     id_to_name = {v: k for k, v in dataset.labels.items()}
+    if ignore_index is not None:
+        id_to_name[ignore_index] = "ignore"
     summary = {
         "dataset": str(dataset.root),
         "layout": dataset.layout,

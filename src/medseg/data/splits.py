@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -50,7 +51,9 @@ def make_split(
     target = val_fraction * len(names)
     val_groups: set[str] = set()
     count = 0
-    members = {k: [n for n in names if groups[n] == k] for k in keys}
+    members: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        members[groups[name]].append(name)
     for i in order:
         if count >= target or (len(val_groups) + 1 >= len(keys)):
             break

@@ -6,15 +6,12 @@ Callbacks keep no state of their own that a resume would need: what they decide 
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from pathlib import Path
 from typing import Any
 
 from medseg.engine.checkpoint import save_checkpoint
 from medseg.engine.trainer import Callback, Trainer
-from medseg.io import write_text_atomic
+from medseg.io import write_csv_atomic
 
 
 class Checkpoint(Callback):
@@ -65,21 +62,7 @@ class CSVLogger(Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        columns: list[str] = []
-        for row in trainer.state.history:
-            columns += [k for k in row if k not in columns]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for row in trainer.state.history:
-            writer.writerow({k: _fmt(v) for k, v in row.items()})
-        write_text_atomic(self.path, buffer.getvalue())
-
-
-def _fmt(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return value
+        write_csv_atomic(self.path, trainer.state.history)
 
 
 class TensorBoardLogger(Callback):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from medseg.engine.device import autocast
+from medseg.errors import ConfigError
 
 
 class Callback:
@@ -63,7 +64,9 @@ class Trainer:
             monitored value when ``plateau`` is true.
         epochs: epoch budget.
         max_steps: optimiser-step budget (0 = none).
-        monitor: validation log to maximise for best checkpoint, early stopping and plateau.
+        monitor: log that picks the best checkpoint and drives early stopping and plateau: minimised
+            when its name ends in ``loss``, maximised otherwise. Without ``validate`` it is
+            ``train_loss``.
         bf16: run forward passes under bf16 autocast.
         grad_clip: max global gradient norm (0 = off).
         callbacks: hooks, called in order.
@@ -102,13 +105,14 @@ class Trainer:
         self.plateau = plateau
         self.epochs = epochs
         self.max_steps = max_steps
-        self.monitor = monitor
+        self.monitor = monitor if validate is not None else "train_loss"
+        self.minimize = self.monitor.endswith("loss")
         self.bf16 = bf16
         self.grad_clip = grad_clip
         self.callbacks = list(callbacks)
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.state = TrainState()
+        self.state = TrainState(best_metric=math.inf if self.minimize else -math.inf)
         self.should_stop = False
         self.improved = False  # whether the epoch just validated set a new best
 
@@ -117,6 +121,7 @@ class Trainer:
         """Run until the epoch or step budget is spent or a callback sets ``should_stop``."""
         self.model.to(self.device, memory_format=self.memory_format)
         self._call("on_fit_start")
+        self.should_stop = self.state.stopped_early
         while self.state.epoch < self.epochs and not self._budget_spent() and not self.should_stop:
             self.train_one_epoch()
         self._call("on_fit_end")
@@ -148,8 +153,13 @@ class Trainer:
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None and self.plateau and self.monitor in logs:
             self.scheduler.step(logs[self.monitor])
-        value = logs.get(self.monitor, -logs["train_loss"] if self.validate is None else math.nan)
-        self.improved = not math.isnan(value) and value > self.state.best_metric
+        if self.monitor not in logs:
+            raise ConfigError(
+                f"train.monitor: {self.monitor!r} is not logged; choose one of {', '.join(sorted(logs))}"
+            )
+        value = logs[self.monitor]
+        better = value < self.state.best_metric if self.minimize else value > self.state.best_metric
+        self.improved = not math.isnan(value) and better
         if self.improved:
             self.state.best_metric, self.state.best_epoch = float(value), self.state.epoch
         logs["seconds"] = time.perf_counter() - start

@@ -85,7 +85,7 @@ class Predictor:
     @property
     def class_names(self) -> list[str]:
         """Class names in id order."""
-        return [n for n, _ in sorted(self.config.data.labels.items(), key=lambda kv: kv[1])]
+        return self.config.data.class_names
 
     def preprocess(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """Raw ``(H, W)`` or ``(H, W, C)`` image -> normalised ``(C, H, W)`` float32, checking channels."""

@@ -37,12 +37,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
     Returns:
         ``(H, W)`` or ``(H, W, C)`` array in its stored dtype. Palette images are expanded to RGB(A);
-        an alpha channel that is fully opaque is dropped.
+        an alpha channel that is fully opaque is dropped. A TIFF's channel axis is moved last: it is
+        found from the axes tifffile reports (ImageJ, OME, planar RGB) or, when those are unknown, is an
+        axis of at most 16 that is shorter than the other two.
 
     Raises:
-        DataError: the file is missing, truncated, not an image, or not 2D.
+        DataError: the file is missing, truncated, not an image, or not 2D (e.g. a Z or T stack).
     """
-    path = Path(path)
+    return _read(Path(path), palette_indices=False)
+
+
+def _read(path: Path, *, palette_indices: bool) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
@@ -52,15 +57,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in _TIFF:
             import tifffile
 
-            array = np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array, axes = np.asarray(series.asarray()), series.axes
         else:
-            array = _read_with_pillow(path)
+            array = _read_with_pillow(path, palette_indices=palette_indices)
     except DataError:
         raise
     except Exception as exc:  # every decoder has its own exception types
         raise DataError(f"{path}: cannot read image ({_reason(exc)})") from exc
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channel-first TIFF
+    if suffix in _TIFF:
+        array = _tiff_channels_last(path, array, axes)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if (
@@ -74,13 +81,53 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return array
 
 
-def _read_with_pillow(path: Path) -> np.ndarray:
+_MAX_CHANNELS = 16
+# tifffile axis codes: C channel and S sample (RGB components) are channels; Q (unknown, e.g. a plain
+# numpy array written by tifffile, whose "YX" is then only a guess) and I (a page sequence without
+# metadata) say nothing, so the shape decides. Any other code (Z, T, ...) names a stack.
+_CHANNEL_AXES = "CS"
+_UNKNOWN_AXES = "QI"
+
+
+def _tiff_channels_last(path: Path, array: np.ndarray, axes: str) -> np.ndarray:
+    """Return a TIFF's pixels as ``(H, W)`` or ``(H, W, C)``; refuse stacks and higher dimensions."""
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3 or len(axes) != 3:
+        raise DataError(f"{path}: expected a 2D image, got an array of shape {array.shape} (axes {axes})")
+    extra = [i for i, code in enumerate(axes) if code not in "YX"]
+    if len(extra) == 1 and axes[extra[0]] in _CHANNEL_AXES:
+        return np.moveaxis(array, extra[0], -1)
+    if len(extra) == 1 and axes[extra[0]] in _UNKNOWN_AXES:
+        # Channels are few and fewer than the pixels along either image axis. The leading axis is
+        # tried first: that is where ImageJ-style and planar files keep them.
+        for axis in (0, 2):
+            others = [size for i, size in enumerate(array.shape) if i != axis]
+            if array.shape[axis] <= _MAX_CHANNELS and array.shape[axis] < min(others):
+                return np.moveaxis(array, axis, -1)
+    raise DataError(f"{path}: expected a 2D image, got a stack of shape {array.shape} (axes {axes})")
+
+
+# Pillow decodes 16-bit colour PNGs (RGB, RGBA, grey+alpha) to 8 bit, keeping each sample's high byte.
+# Its decoder (zlib, row filters, interlacing) still does the work if asked for another raw mode of the
+# same pixel size: ";16L" unpacks the second byte of each sample, which in PNG's big-endian order is the
+# low byte, and "RGBA" copies the four bytes of a grey+alpha pixel as they are.
+_PNG16_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+
+
+def _read_with_pillow(path: Path, *, palette_indices: bool) -> np.ndarray:
+    """Decode with Pillow; ``palette_indices`` returns a palette image's indices (label class ids)."""
     from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
+            rawmode = img.tile[0][3] if img.format == "PNG" and len(img.tile) == 1 else None
+            if rawmode in _PNG16_RAWMODES:
+                return _read_png16(path, rawmode)
             img.load()  # forces decoding so truncated files fail here
+            if img.mode == "P" and palette_indices:
+                return np.asarray(img)
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             elif img.mode in ("I;16", "I;16B", "I;16L"):
@@ -92,6 +139,21 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             return np.asarray(img)
 
 
+def _read_png16(path: Path, rawmode: str) -> np.ndarray:
+    """Decode a 16-bit colour PNG at full depth (see :data:`_PNG16_RAWMODES`)."""
+    from PIL import Image
+
+    def decode(mode: str) -> np.ndarray:
+        with Image.open(path) as img:
+            img.tile = [(*img.tile[0][:3], mode)]  # (decoder, extents, offset, raw mode)
+            img.load()
+            return np.asarray(img)
+
+    if rawmode == "LA;16B":
+        return decode("RGBA").view(">u2").astype(np.uint16)  # (H, W, 2): grey, alpha
+    return (decode(rawmode).astype(np.uint16) << 8) | decode(_PNG16_RAWMODES[rawmode])
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text and text[0] else type(exc).__name__
@@ -101,12 +163,13 @@ def read_label(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a label mask.
 
     Returns:
-        ``(H, W)`` int32 array. A grey image stored as RGB (all channels equal) is accepted.
+        ``(H, W)`` int32 array. A palette (indexed) PNG gives its indices, which are the class ids in
+        VOC-style masks; a grey image stored as RGB (all channels equal) is accepted.
 
     Raises:
         DataError: the file is unreadable, has colour channels, or holds non-integer values.
     """
-    array = read_image(path)
+    array = _read(Path(path), palette_indices=True)
     if array.ndim == 3:
         if all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[-1])):
             array = array[..., 0]
@@ -141,7 +204,10 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
         if suffix in _TIFF:
             import tifffile
 
-            tifffile.imwrite(tmp, np.ascontiguousarray(array), compression="zlib")
+            # Record the axes: tifffile stores a plain (H, W, C) array as H pages of W x C, and without
+            # them a reader has to guess which axis holds the channels.
+            axes = "YXC"[: array.ndim]
+            tifffile.imwrite(tmp, np.ascontiguousarray(array), compression="zlib", metadata={"axes": axes})
         else:
             from PIL import Image
 

@@ -31,7 +31,7 @@ def create_model(name: str, *, in_channels: int, num_classes: int, **params: Any
     factory = MODELS.get(name)
     try:
         return factory(in_channels=in_channels, num_classes=num_classes, **params)
-    except TypeError as exc:
+    except (TypeError, ValueError, AssertionError) as exc:  # what constructors raise for bad arguments
         from medseg.errors import ConfigError
 
         raise ConfigError(f"model.params for {name!r}: {exc}") from None
@@ -41,6 +41,11 @@ def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern."""
     _register_builtin()
     return MODELS.names(pattern)
+
+
+def count_parameters(model) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def describe_model(name: str) -> str:

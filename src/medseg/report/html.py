@@ -268,9 +268,8 @@ def summary_section(run: RunFolder) -> str:
         )
     settings = [f"{key} {_compact(train[key])}" for key in ("lr", "batch_size") if key in train]
     loss = run.config.get("loss")
-    loss_name = loss.get("name") if isinstance(loss, dict) else loss
-    if loss_name:
-        settings.insert(0, f"loss {fmt(loss_name)}")
+    if isinstance(loss, dict) and {"dice_weight", "ce_weight"} <= set(loss):
+        settings.insert(0, f"loss {_compact(loss['dice_weight'])}·Dice + {_compact(loss['ce_weight'])}·CE")
     if settings:
         rows.append(("training", " · ".join(settings)))
 
@@ -297,7 +296,7 @@ def summary_section(run: RunFolder) -> str:
     if summary.get("seconds") is not None:
         rows.append(("training time", _duration(summary["seconds"])))
     if summary.get("device") is not None:
-        amp = " (mixed precision)" if summary.get("amp") else ""
+        amp = " (bf16 mixed precision)" if summary.get("amp") == "bf16" else ""
         rows.append(("device", fmt(summary["device"]) + amp))
     checkpoints = [
         f"{name} {_file_size(path)}"

@@ -60,6 +60,9 @@ def normalize(
     - ``"none"``: cast to float32; unsigned integers are divided by their dtype's maximum
       (uint8 by 255, uint16 by 65535), booleans become 0/1, signed integers and floats keep their values.
 
+    In every mode a float image's NaN pixels first become their channel's median and ``±inf`` its finite
+    maximum/minimum (a channel with no finite value becomes zeros): they never reach the output.
+
     Args:
         image: ``(H, W)`` or ``(H, W, C)`` array, any numeric dtype.
         mode: one of :data:`NORMALIZATIONS`.
@@ -80,18 +83,38 @@ def normalize(
     if mode not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
     raw = np.asarray(image)
+    if mode == "percentile" and not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
     if mode == "none":
         channels = to_channels_first(raw)
         if raw.dtype.kind == "u":
             channels /= np.float32(np.iinfo(raw.dtype).max)
-        return channels
-    if mode == "percentile" and not 0.0 <= low < high <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
-    # Work in float64 only when float32 cannot hold the input exactly (float64, 32/64-bit integers): a
-    # narrow range far from zero would otherwise lose its digits when the offset is subtracted.
-    channels = _channels_first(raw, np.result_type(raw.dtype, np.float32).type)
-    channels = _percentile(channels, low, high) if mode == "percentile" else _zscore(channels)
+    else:
+        # Work in float64 only when float32 cannot hold the input exactly (float64, 32/64-bit integers): a
+        # narrow range far from zero would otherwise lose its digits when the offset is subtracted.
+        channels = _channels_first(raw, np.result_type(raw.dtype, np.float32).type)
+    # Only floats can hold NaN/inf. One NaN would turn a whole channel's percentiles or mean into NaN.
+    # The working copy is checked so that float64 values beyond float32's range in mode "none" count too.
+    if raw.dtype.kind == "f" and not np.isfinite(channels).all():
+        _replace_non_finite(channels)
+    if mode == "percentile":
+        channels = _percentile(channels, low, high)
+    elif mode == "zscore":
+        channels = _zscore(channels)
     return channels.astype(np.float32, copy=False)
+
+
+def _replace_non_finite(channels: np.ndarray) -> None:
+    """In place, per channel: ±inf -> finite max/min, NaN -> median; no finite value at all -> zeros."""
+    for channel in channels:
+        finite = channel[np.isfinite(channel)]
+        if finite.size == 0:
+            channel[...] = 0.0
+            continue
+        np.clip(channel, finite.min(), finite.max(), out=channel)  # leaves NaN as NaN
+        nan = np.isnan(channel)
+        if nan.any():
+            channel[nan] = np.median(channel[~nan])
 
 
 def _percentile(channels: np.ndarray, low: float, high: float) -> np.ndarray:

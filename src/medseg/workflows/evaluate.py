@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg.data.dataset import load_image, load_label, open_dataset
-from medseg.errors import DataError
-from medseg.io import write_image, write_json_atomic, write_text_atomic
+from medseg.data.dataset import label_values_error, load_image, load_label, open_dataset
+from medseg.errors import DataError, RunError
+from medseg.io import write_csv_atomic, write_image, write_json_atomic
 
 N_OVERLAYS = 3
 
@@ -38,9 +37,10 @@ def evaluate(
         The summary written to ``RUN/eval/metrics.json``: ``{"dataset", "split", "num_images",
         "per_class": {class: {metric: mean}}, "mean": {metric: mean over foreground classes}}``.
     """
+    from tqdm.auto import tqdm
+
     from medseg.inference.predictor import Predictor
     from medseg.metrics import SemanticMetrics
-    from medseg.report import class_colors, comparison_panel
 
     run = Path(run_dir)
     predictor = Predictor.from_run(run, device=device)
@@ -56,29 +56,20 @@ def evaluate(
     if split == "val":
         if not same_dataset:
             raise DataError(f"{data_path}: --split val only applies to the dataset the run was trained on")
-        import json
-
-        val = set(json.loads((run / "splits.json").read_text())["val"])
+        val = set(_read_splits(run)["val"])
+        if not val:
+            raise RunError(f"{run}: trained without validation cases; use --split all or another dataset")
         names = [n for n in names if n in val]
     if not names:
         raise DataError(f"{data_path}: no labelled cases to evaluate (split {split})")
 
     class_names = predictor.class_names
-    metrics = SemanticMetrics(len(class_names), spacing=spacing)
     ignore = config.data.ignore_index
-    rows, kept = [], []
-    from tqdm.auto import tqdm
-
+    metrics = SemanticMetrics(len(class_names), spacing=spacing)
+    rows = []
     for name in tqdm(names, desc="evaluate", unit="image", disable=None, leave=False):
-        case = data.case(name)
-        image = load_image(case)
-        truth = load_label(case, image.shape)
-        unknown = sorted(set(np.unique(truth).tolist()) - set(range(len(class_names))) - {ignore})
-        if unknown:
-            raise DataError(f"{case.label}: label values {unknown} are not classes of this run")
-        pred = predictor.predict(image, str(case.images[0])).labels
-        scored_truth = np.where(truth == ignore, -1, truth) if ignore >= 0 else truth
-        scores = metrics.update(scored_truth, pred)
+        _, truth, pred = _predict_case(predictor, data.case(name))
+        scores = metrics.update(np.where(truth == ignore, -1, truth) if ignore >= 0 else truth, pred)
         row: dict[str, Any] = {"case": name}
         for metric in ("dice", "iou", "hd95"):
             for c, class_name in enumerate(class_names[1:], 1):
@@ -86,38 +77,54 @@ def evaluate(
         fg = scores["dice"][1:]
         row["mean_dice"] = float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
         rows.append(row)
-        kept.append((name, image, truth, pred, row["mean_dice"]))
 
     summary = {"dataset": str(data_path.resolve()), "split": split, **metrics.aggregate(class_names)}
     eval_dir = run / "eval"
     write_json_atomic(eval_dir / "metrics.json", summary)
-    write_text_atomic(eval_dir / "per_image.csv", _csv(rows))
-
-    overlay_dir = eval_dir / "overlays"
-    overlay_dir.mkdir(parents=True, exist_ok=True)
-    for old in overlay_dir.glob("*.png"):
-        old.unlink()
-    colors = class_colors(config.data.labels, config.data.colors)
-    ranked = sorted(kept, key=lambda k: (np.nan_to_num(k[4], nan=-1.0), k[0]))
-    picks = [("worst", i, k) for i, k in enumerate(ranked[:N_OVERLAYS], 1)]
-    picks += [
-        ("best", i, k) for i, k in enumerate(ranked[::-1][:N_OVERLAYS], 1) if k not in ranked[:N_OVERLAYS]
-    ]
-    for tag, rank, (name, image, truth, pred, score) in picks:
-        panel = comparison_panel(image, truth, pred, colors, caption=f"{name}   mean dice {score:.3f}")
-        write_image(overlay_dir / f"{tag}_{rank}_{name}.png", panel)
+    write_csv_atomic(eval_dir / "per_image.csv", rows)
+    _write_overlays(eval_dir / "overlays", predictor, data, rows)
     return summary
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                k: (f"{v:.6g}" if isinstance(v, float) and v == v else ("" if isinstance(v, float) else v))
-                for k, v in row.items()
-            }
-        )
-    return buffer.getvalue()
+def _read_splits(run: Path) -> dict[str, list[str]]:
+    try:
+        return json.loads((run / "splits.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(
+            f"{run / 'splits.json'}: cannot read the run's split ({exc}); use --split all"
+        ) from None
+
+
+def _predict_case(predictor, case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, checked ground truth and prediction of one case."""
+    config = predictor.config
+    image = load_image(case)
+    truth = load_label(case, image.shape)
+    problem = label_values_error(case.label, truth, config.data.labels, config.data.ignore_index)
+    if problem:
+        raise DataError(problem)
+    return image, truth, predictor.predict(image, str(case.images[0])).labels
+
+
+def _write_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -> None:
+    """Comparison panels of the N worst and N best cases by mean Dice (re-predicted: only scores are kept
+    in memory while evaluating, so evaluation memory does not grow with the dataset)."""
+    from medseg.report import class_colors, comparison_panel
+
+    config = predictor.config
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    ranked = sorted(rows, key=lambda r: (np.nan_to_num(r["mean_dice"], nan=-1.0), r["case"]))
+    worst = ranked[:N_OVERLAYS]
+    best = [r for r in ranked[::-1][:N_OVERLAYS] if r not in worst]
+    colors = class_colors(config.data.labels, config.data.colors)
+    for tag, picked in (("worst", worst), ("best", best)):
+        for rank, row in enumerate(picked, 1):
+            image, truth, pred = _predict_case(predictor, data.case(row["case"]))
+            if config.data.ignore_index >= 0:  # unannotated pixels are neither right nor wrong
+                unannotated = truth == config.data.ignore_index
+                truth, pred = np.where(unannotated, 0, truth), np.where(unannotated, 0, pred)
+            caption = f"{row['case']}   mean dice {row['mean_dice']:.3f}"
+            panel = comparison_panel(image, truth, pred, colors, caption=caption)
+            write_image(folder / f"{tag}_{rank}_{row['case']}.png", panel)

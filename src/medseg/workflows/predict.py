@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import DataError
-from medseg.io import is_image_file, read_image, write_image, write_text_atomic
+from medseg.io import is_image_file, read_image, write_csv_atomic, write_image
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -94,15 +92,11 @@ def predict(
             "height": labels.shape[0],
             "width": labels.shape[1],
         }
-        row.update({f"fraction_{n}": f"{c / labels.size:.6f}" for n, c in zip(names, counts)})
+        row.update({f"fraction_{n}": c / labels.size for n, c in zip(names, counts)})
         rows.append(row)
     summary = out / "summary.csv"
     if rows:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(summary, buffer.getvalue())
+        write_csv_atomic(summary, rows)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {out}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 from medseg.config import Config, from_dict, read_yaml, save_config
 from medseg.data.dataset import Dataset, load_image, load_label, open_dataset
 from medseg.data.splits import make_split
-from medseg.errors import DataError, RunError
+from medseg.errors import ConfigError, DataError, RunError
 from medseg.io import write_json_atomic
 from medseg.transforms import normalize
 
@@ -49,8 +48,6 @@ def train(
     Raises:
         MedsegError: bad dataset, config or run folder (one line naming the problem).
     """
-    import torch
-
     from medseg.engine.checkpoint import load_checkpoint
     from medseg.engine.device import pick_device, seed_everything, use_bf16
 
@@ -66,22 +63,22 @@ def train(
     else:
         if dataset is None:
             raise DataError("train: a DATASET folder is required")
-        config = dataclasses.replace(config)
+        config = copy.deepcopy(config)
         config.data.path = str(Path(dataset).resolve())
 
     data = open_dataset(config.data.path, classes=classes or _classes_from_config(config))
     _fill_data_config(config, data)
+    config.validate()
     splits = _load_or_make_split(run, data, config, resume)
-    train_images, train_labels = _load_cases(data, splits["train"], config)
     val_cases = splits["val"]
-    val_images, val_labels = _load_cases(data, val_cases, config) if val_cases else ([], [])
+    images, labels = _load_cases(data, splits["train"] + val_cases, config)
+    n_train = len(splits["train"])
+    train_images, train_labels = images[:n_train], labels[:n_train]
+    val_images, val_labels = images[n_train:], labels[n_train:]
     config.data.in_channels = train_images[0].shape[0]
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(config.validate(), run / "config.yaml")
 
     device = pick_device(device)
     seed_everything(config.train.seed)
-    torch.set_num_threads(torch.get_num_threads())
     trainer = _build_trainer(
         config, run, device, train_images, train_labels, val_images, val_labels, val_cases
     )
@@ -89,10 +86,23 @@ def train(
         last = run / "checkpoints" / "last.pt"
         if not last.is_file():
             raise RunError(f"{run}: --resume but there is no checkpoint at {last}")
-        trainer.load_state_dict(load_checkpoint(last))
-        if trainer.state.epoch >= config.train.epochs:
-            print(f"{run}: already trained for {trainer.state.epoch} epochs; raise train.epochs to continue")
-    start = time.perf_counter()
+        state = load_checkpoint(last)
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0][:160]
+            raise RunError(
+                f"{last}: does not fit this run's model/optimiser (was model.* changed?): {reason}"
+            ) from None
+        if trainer.state.epoch >= config.train.epochs or trainer.state.stopped_early:
+            why = (
+                "stopped early"
+                if trainer.state.stopped_early
+                else f"trained for {trainer.state.epoch} epochs"
+            )
+            print(f"{run}: already {why}; nothing to do (raise train.epochs to continue)", file=sys.stderr)
+            return run
+    save_config(config, run / "config.yaml")
     amp = "bf16" if use_bf16(config.train.amp, device) else "off"
     print(
         f"training {config.model.name} on {len(train_images)} cases (val {len(val_images)}), "
@@ -105,10 +115,10 @@ def train(
         {
             "best_epoch": state.best_epoch,
             "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
-            "monitor": config.train.monitor,
+            "monitor": trainer.monitor,
             "epochs_run": state.epoch,
             "steps": state.global_step,
-            "seconds": round(time.perf_counter() - start, 2),
+            "seconds": round(sum(row["seconds"] for row in state.history), 2),
             "stopped_early": state.stopped_early,
             "device": device.type,
             "amp": amp,
@@ -129,15 +139,19 @@ def _resume_config(run: Path, overrides: Sequence[str]) -> Config:
 
 
 def _classes_from_config(config: Config) -> list[str] | None:
-    if not config.data.labels:
-        return None
-    return [n for n, _ in sorted(config.data.labels.items(), key=lambda kv: kv[1])]
+    return config.data.class_names or None
 
 
 def _fill_data_config(config: Config, data: Dataset) -> None:
     if config.data.labels and config.data.labels != data.labels:
         raise DataError(f"{data.root}: classes {data.labels} differ from the run's {config.data.labels}")
+    if len(data.labels) < 2:
+        raise DataError(
+            f"{data.root}: needs at least two classes (background and one more), got {data.labels}"
+        )
     config.data.labels = dict(data.labels)
+    if data.ignore_label is not None and config.data.ignore_index < 0:
+        config.data.ignore_index = data.ignore_label
     if data.colors:
         config.data.colors = {k: list(v) for k, v in data.colors.items()}
     ids = sorted(data.labels.values())
@@ -170,31 +184,28 @@ def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) 
 def _load_cases(
     data: Dataset, names: Sequence[str], config: Config
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Read, check and normalise cases into memory: images ``(C, H, W)`` float32, labels ``(H, W)`` int16."""
-    declared = set(config.data.labels.values())
-    if config.data.ignore_index >= 0:
-        declared.add(config.data.ignore_index)
+    """Read, check and normalise cases into memory: images ``(C, H, W)`` float32, labels ``(H, W)`` int."""
+    from medseg.data.dataset import label_values_error
+
     images, labels = [], []
-    channels = None
+    first = None
     for name in names:
         case = data.case(name)
         image = load_image(case)
         label = load_label(case, image.shape)
-        unknown = sorted(set(np.unique(label).tolist()) - declared)
-        if unknown:
+        problem = label_values_error(case.label, label, config.data.labels, config.data.ignore_index)
+        if problem:
+            raise DataError(problem)
+        d = config.data
+        normalised = normalize(image, d.normalization, low=d.norm_low, high=d.norm_high)
+        if first is not None and normalised.shape[0] != images[0].shape[0]:
             raise DataError(
-                f"{case.label}: label values {unknown} are not declared classes {sorted(declared)}"
+                f"{case.images[0]}: image has {normalised.shape[0]} channel(s) but {first.name} has "
+                f"{images[0].shape[0]} (check it: medseg data check {data.root})"
             )
-        normalised = normalize(
-            image, config.data.normalization, low=config.data.norm_low, high=config.data.norm_high
-        )
-        if channels is not None and normalised.shape[0] != channels:
-            raise DataError(
-                f"{case.images[0]}: image has {normalised.shape[0]} channel(s), others have {channels}"
-            )
-        channels = normalised.shape[0]
+        first = first or case.images[0]
         images.append(normalised)
-        labels.append(label.astype(np.int16))
+        labels.append(label.astype(np.int16 if label.max(initial=0) < 2**15 else np.int32))
     return images, labels
 
 
@@ -213,6 +224,17 @@ def _build_trainer(config, run, device, train_images, train_labels, val_images, 
     model = create_model(
         config.model.name, in_channels=config.data.in_channels, num_classes=num_classes, **config.model.params
     )
+    divisor = int(getattr(model, "size_divisor", 1))
+    if any(size % divisor for size in config.data.patch_size):
+        raise ConfigError(
+            f"data.patch_size: {config.data.patch_size} must be multiples of {divisor} "
+            f"for {config.model.name}"
+        )
+    if config.loss.class_weights and len(config.loss.class_weights) != num_classes:
+        raise ConfigError(
+            f"loss.class_weights: {len(config.loss.class_weights)} values for {num_classes} classes "
+            f"({', '.join(config.data.class_names)})"
+        )
     pad_label = config.data.ignore_index if config.data.ignore_index >= 0 else 0
     patches = PatchDataset(
         train_images, train_labels, tuple(config.data.patch_size), config.augment, pad_label=pad_label
@@ -235,7 +257,8 @@ def _build_trainer(config, run, device, train_images, train_labels, val_images, 
     params = [p for p in model.parameters() if p.requires_grad]
     optim_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     optimizer = optim_cls(params, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler, plateau = _scheduler(optimizer, config, steps_per_epoch, total_steps)
+    monitor = t.monitor if val_images else "train_loss"
+    scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
     loss_fn = DiceCELoss(
         num_classes,
         dice_weight=config.loss.dice_weight,
@@ -245,8 +268,8 @@ def _build_trainer(config, run, device, train_images, train_labels, val_images, 
         include_background=config.loss.dice_include_background,
     ).to(device)
     callbacks: list = [
+        cb.EarlyStopping(t.early_stopping),  # before Checkpoint, so last.pt records an early stop
         cb.Checkpoint(run / "checkpoints", {"config": config.to_dict()}),
-        cb.EarlyStopping(t.early_stopping),
         cb.CSVLogger(run / "metrics.csv"),
     ]
     if t.log == "tensorboard":
@@ -271,7 +294,7 @@ def _build_trainer(config, run, device, train_images, train_labels, val_images, 
         plateau=plateau,
         epochs=t.epochs,
         max_steps=t.max_steps,
-        monitor=t.monitor,
+        monitor=monitor,
         bf16=use_bf16(t.amp, device),
         grad_clip=t.grad_clip,
         callbacks=callbacks,
@@ -280,12 +303,13 @@ def _build_trainer(config, run, device, train_images, train_labels, val_images, 
     )
 
 
-def _scheduler(optimizer, config: Config, steps_per_epoch: int, total_steps: int):
+def _scheduler(optimizer, config: Config, monitor: str, steps_per_epoch: int, total_steps: int):
     import torch
 
     t = config.train
     if t.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5), True
+        mode = "min" if monitor.endswith("loss") else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=5), True
     warmup = t.warmup_epochs * steps_per_epoch
     if t.schedule == "none" and not warmup:
         return None, False
@@ -312,37 +336,28 @@ class SemanticValidation:
         self.images = images
         self.labels = labels
         self.loss_fn = loss_fn
-        self.names = [n for n, _ in sorted(config.data.labels.items(), key=lambda kv: kv[1])]
 
     def __call__(self, trainer) -> dict[str, float]:
         import torch
 
         from medseg.inference.predictor import Predictor
-        from medseg.metrics import per_class_metrics
+        from medseg.metrics import SemanticMetrics
 
+        names = self.config.data.class_names
+        ignore = self.config.data.ignore_index
         predictor = Predictor(trainer.model, self.config, trainer.device)
         predictor.bf16 = trainer.bf16
-        losses, dices = [], []
+        metrics = SemanticMetrics(len(names), hd95=False)
+        losses = []
         for image, label in zip(self.images, self.labels):
             logits = predictor.logits(torch.from_numpy(image)[None])
             target = torch.from_numpy(label.astype(np.int64))[None].to(trainer.device)
             losses.append(float(self.loss_fn(logits, target)))
-            pred = logits.argmax(1)[0].cpu().numpy()
-            truth = (
-                label
-                if self.config.data.ignore_index < 0
-                else np.where(label == self.config.data.ignore_index, 255, label)
-            )
-            dices.append(per_class_metrics(truth, pred, len(self.names), hd95=False)["dice"])
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                per_class = np.nanmean(np.stack(dices), axis=0)
-        logs = {"val_loss": float(np.mean(losses))}
-        fg = per_class[1:] if len(per_class) > 1 else per_class
-        logs["val_dice"] = float(np.nanmean(fg)) if np.isfinite(fg).any() else 0.0
-        for name, value in zip(self.names[1:], per_class[1:]):
-            logs[f"val_dice_{name}"] = float(value)
+            truth = np.where(label == ignore, -1, label) if ignore >= 0 else label  # -1: not scored
+            metrics.update(truth, logits.argmax(1)[0].cpu().numpy())
+        summary = metrics.aggregate(names)
+        dice = summary["mean"]["dice"]
+        logs = {"val_loss": float(np.mean(losses)), "val_dice": dice if math.isfinite(dice) else 0.0}
+        for name in names[1:]:
+            logs[f"val_dice_{name}"] = summary["per_class"][name]["dice"]
         return logs

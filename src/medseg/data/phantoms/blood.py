@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,16 +164,25 @@ def write_blood_dataset(out: str | Path, n: int, *, size: int = 256, seed: int =
         raise MedsegError(f"blood phantom needs n >= 0 and seed >= 0, got n={n}, seed={seed}")
     if size < MIN_SIZE:
         raise MedsegError(f"blood phantom size must be at least {MIN_SIZE} px, got {size}")
+    _check_overwrite(out)
     digits = max(3, len(str(n - 1)))
+    written: set[Path] = set()
     for i in range(n):
         smear = blood_smear(size, np.random.default_rng([seed, i]))
         case = f"blood_{i:0{digits}d}"
-        write_image(out / "imagesTr" / f"{case}_0000.png", smear.image)
-        write_image(out / "labelsTr" / f"{case}.png", smear.semantic)
-        write_image(out / "instancesTr" / f"{case}.tif", smear.instances)
+        written |= {
+            write_image(out / "imagesTr" / f"{case}_0000.png", smear.image),
+            write_image(out / "labelsTr" / f"{case}.png", smear.semantic),
+            write_image(out / "instancesTr" / f"{case}.tif", smear.instances),
+            out / "instancesTr" / f"{case}.json",
+        }
         write_json_atomic(
             out / "instancesTr" / f"{case}.json", {str(k): v for k, v in smear.cell_types.items()}
         )
+    # cases of an earlier, larger phantom in the same folder would silently join this dataset
+    for folder in ("imagesTr", "labelsTr", "instancesTr"):
+        for stale in set((out / folder).glob("blood_*")) - written:
+            stale.unlink()
     medseg = {
         "task": "semantic",
         "colors": {name: list(rgb) for name, rgb in BLOOD_COLORS.items()},
@@ -184,6 +194,18 @@ def write_blood_dataset(out: str | Path, n: int, *, size: int = 256, seed: int =
     dataset.update(labels=dict(BLOOD_LABELS), numTraining=n, file_ending=".png", medseg=medseg)
     write_json_atomic(out / "dataset.json", dataset)
     return out
+
+
+def _check_overwrite(out: Path) -> None:
+    """Refuse to write phantoms into a folder holding another dataset."""
+    meta = out / "dataset.json"
+    if meta.is_file():
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if name != "blood_phantom":
+            raise MedsegError(f"{out}: holds another dataset (dataset.json); choose an empty --out")
 
 
 class _Canvas:
