@@ -15,20 +15,22 @@ MAX_WIDTH = 560
 
 
 class Snapshots(Callback):
-    """Write ``snapshots/epoch_NNN.png`` after every epoch and rebuild ``snapshots/progress.gif``.
+    """Write ``snapshots/epoch_NNN.png`` after every epoch and ``snapshots/progress.gif`` at the end.
 
     Args:
         folder: ``RUN/snapshots``.
-        config: the run config (colours, normalisation).
-        case: the case name shown.
-        image: its normalised image ``(C, H, W)`` float32.
+        config: the run config (colours).
+        display: the image as stored ``(H, W[, C])``, shown in the frames.
+        image: the same image normalised for the network ``(C, H, W)`` float32.
         label: its label ``(H, W)``.
     """
 
-    def __init__(self, folder: Path, config: Config, case: str, image: np.ndarray, label: np.ndarray) -> None:
+    def __init__(
+        self, folder: Path, config: Config, display: np.ndarray, image: np.ndarray, label: np.ndarray
+    ) -> None:
         self.folder = Path(folder)
         self.config = config
-        self.case = case
+        self.display = display
         self.image = image
         self.label = label
         self.colors = class_colors(config.data.labels, config.data.colors)
@@ -45,9 +47,8 @@ class Snapshots(Callback):
         with torch.inference_mode():
             pred = predictor.logits(torch.from_numpy(self.image)[None]).argmax(1)[0].cpu().numpy()
         trainer.model.train()
-        display = np.moveaxis(self.image, 0, -1)
         frame = snapshot_frame(
-            display, self.label, pred, self.colors, epoch=trainer.state.epoch, score=logs.get("val_dice")
+            self.display, self.label, pred, self.colors, epoch=trainer.state.epoch, score=logs.get("val_dice")
         )
         write_image(self.folder / f"epoch_{trainer.state.epoch:03d}.png", frame)
 

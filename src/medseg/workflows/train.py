@@ -80,7 +80,7 @@ def train(
     device = pick_device(device)
     seed_everything(config.train.seed)
     trainer = _build_trainer(
-        config, run, device, train_images, train_labels, val_images, val_labels, val_cases
+        config, run, device, data, train_images, train_labels, val_cases, val_images, val_labels
     )
     if resume:
         last = run / "checkpoints" / "last.pt"
@@ -209,7 +209,7 @@ def _load_cases(
     return images, labels
 
 
-def _build_trainer(config, run, device, train_images, train_labels, val_images, val_labels, val_cases):
+def _build_trainer(config, run, device, data, train_images, train_labels, val_cases, val_images, val_labels):
     import torch
 
     from medseg.data.samples import EpochSampler, PatchDataset
@@ -283,7 +283,8 @@ def _build_trainer(config, run, device, train_images, train_labels, val_images, 
             from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
 
             i = pick_snapshot_case(val_labels)
-            callbacks.append(Snapshots(run / "snapshots", config, val_cases[i], val_images[i], val_labels[i]))
+            display = load_image(data.case(val_cases[i]))
+            callbacks.append(Snapshots(run / "snapshots", config, display, val_images[i], val_labels[i]))
     return Trainer(
         model,
         optimizer,
