@@ -85,6 +85,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False) -> dict:
         + ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
         + f"  |  {total / 60:.1f} min in all"
     )
+    medseg = _command()
     print(f"""
 everything is in {out}/
   data/train, data/test     phantom datasets (nnU-Net layout)
@@ -93,10 +94,21 @@ everything is in {out}/
   run/report.html           the report: open it in a browser
   predictions/              masks, overlays and summary.csv for the held-out images
 next:
-  medseg predict {run} YOUR_IMAGES --out predictions
-  medseg train YOUR_DATASET --model unet --epochs 50 --out runs/mine
-  medseg data check YOUR_DATASET""")
+  {medseg} predict {run} YOUR_IMAGES --out predictions
+  {medseg} train YOUR_DATASET --model unet --epochs 50 --out runs/mine
+  {medseg} data check YOUR_DATASET""")
     return result
+
+
+def _command() -> str:
+    """How to call medseg from here: ``medseg`` when it is on PATH, else the venv's script (make demo)."""
+    if shutil.which("medseg"):
+        return "medseg"
+    script = Path(sys.executable).parent / "medseg"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _say(text: str) -> None:
