@@ -75,3 +75,12 @@ def test_nested_unknown_key_from_file(tmp_path: Path):
 def test_from_dict_rejects_non_mapping_section():
     with pytest.raises(ConfigError, match="train: expected a mapping"):
         from_dict({"train": 3})
+
+
+def test_off_and_on_stay_words_for_string_fields(tmp_path: Path):
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    assert load_config(None, ["train.snapshots=off"]).train.snapshots is False
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n  progress: no\n")
+    config = load_config(path)
+    assert config.train.amp == "off" and config.train.progress is False

@@ -51,7 +51,10 @@ class ModelConfig:
     """Which network, and its constructor arguments beyond channels/classes."""
 
     name: str = "unet"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # architecture arguments, see `medseg models`
+    pretrained: str = ""  # hub id or local folder to initialise the encoder from (models that support it)
+    freeze_encoder: int = 0  # freeze the encoder for the first K epochs; -1 = always; 0 = never
+    encoder_lr_ratio: float = 1.0  # encoder learning rate = train.lr * ratio (e.g. 0.1 when fine-tuning)
 
 
 @dataclass
@@ -124,6 +127,8 @@ class Config:
                 f"data.norm_low/norm_high: need 0 <= low < high <= 100, got {self.data.norm_low}, "
                 f"{self.data.norm_high}"
             )
+        if self.model.freeze_encoder < -1 or self.model.encoder_lr_ratio < 0:
+            raise ConfigError("model.freeze_encoder must be >= -1 and model.encoder_lr_ratio >= 0")
         if self.train.early_stopping < 0 or self.train.max_steps < 0:
             raise ConfigError("train.early_stopping and train.max_steps must be >= 0")
         if self.data.ignore_index in self.data.labels.values():
@@ -198,6 +203,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if hint is float:
             return float(value)
         if hint is str:
+            if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+                return "on" if value else "off"
             return "" if value is None else str(value)
         if origin is list:
             if value is None:
@@ -240,6 +247,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # keep "off"/"no" as words; a bool field still accepts them
     return key.strip().split("."), value
 
 

@@ -43,6 +43,29 @@ class Checkpoint(Callback):
         save_checkpoint(self.folder / "last.pt", {**trainer.state_dict(), **self.extra})
 
 
+class FreezeEncoder(Callback):
+    """Freeze ``model.encoder`` for the first ``epochs`` epochs (-1: always, 0: never).
+
+    Frozen parameters get no gradient, so the optimiser leaves them (and their weight decay) alone; the
+    decision depends only on the epoch, so a resumed run freezes exactly as an uninterrupted one.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        if not self.epochs:
+            return
+        encoder = getattr(trainer.model, "encoder", None)
+        if encoder is None:
+            from medseg.errors import ConfigError
+
+            raise ConfigError("model.freeze_encoder: this model does not say which part is its encoder")
+        frozen = self.epochs == -1 or trainer.state.epoch < self.epochs
+        for parameter in encoder.parameters():
+            parameter.requires_grad_(not frozen)
+
+
 class EarlyStopping(Callback):
     """Stop when the monitored metric has not improved for ``patience`` epochs (0 = never)."""
 

@@ -239,4 +239,8 @@ def _default_step(trainer: Trainer, batch: Any) -> torch.Tensor:
     images, targets = trainer.to_device(images), trainer.to_device(targets)
     with trainer.autocast():
         outputs = trainer.model(images)
-    return trainer.loss_fn(outputs, targets)
+    loss = trainer.loss_fn(outputs, targets)
+    # Models with extra training terms (deep supervision, attention regularisation) add them here.
+    auxiliary = getattr(trainer.model, "auxiliary_loss", None)
+    extra = auxiliary(targets, trainer.loss_fn) if auxiliary is not None else None
+    return loss if extra is None else loss + extra

@@ -61,7 +61,7 @@ class Predictor:
         Raises:
             RunError: the folder is not a run, or has no usable checkpoint.
         """
-        from medseg.models import create_model
+        from medseg.models import build_model
 
         run = Path(run_dir)
         config = load_run_config(run)
@@ -73,11 +73,11 @@ class Predictor:
                 f"{run}: no checkpoint in {ckpt_dir} (train it first: medseg train ... --out {run})"
             )
         state = load_checkpoint(path)
-        model = create_model(
-            config.model.name,
+        model = build_model(
+            config.model,
             in_channels=config.data.in_channels,
             num_classes=len(config.data.labels),
-            **config.model.params,
+            pretrained=False,
         )
         model.load_state_dict(state["model"])
         return cls(model, config, pick_device(device))

@@ -35,7 +35,22 @@ def _unet(
         dropout=dropout,
     )
     model.size_divisor = 2 ** (len(channels) - 1)
+    # Set through __dict__ so the shared blocks are not registered twice (no duplicate state_dict keys).
+    model.__dict__["encoder"] = _encoder_blocks(model)
     return model
+
+
+def _encoder_blocks(model):
+    """The down-sampling blocks of MONAI's nested UNet (each level is Sequential(down, skip, up)), plus the
+    bottom block, as one ModuleList (shared modules, not copies) for freezing and learning-rate groups."""
+    from torch import nn
+
+    blocks, level = [], model.model
+    while isinstance(level, nn.Sequential) and len(level) == 3:
+        blocks.append(level[0])
+        level = level[1].submodule
+    blocks.append(level)
+    return nn.ModuleList(blocks)
 
 
 @MODELS.register("unet")

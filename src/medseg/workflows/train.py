@@ -217,13 +217,11 @@ def _build_trainer(config, run, device, data, train_images, train_labels, val_ca
     from medseg.engine.device import use_bf16
     from medseg.engine.trainer import Trainer
     from medseg.losses import DiceCELoss
-    from medseg.models import create_model
+    from medseg.models import build_model
 
     num_classes = len(config.data.labels)
     t = config.train
-    model = create_model(
-        config.model.name, in_channels=config.data.in_channels, num_classes=num_classes, **config.model.params
-    )
+    model = build_model(config.model, in_channels=config.data.in_channels, num_classes=num_classes)
     divisor = int(getattr(model, "size_divisor", 1))
     if any(size % divisor for size in config.data.patch_size):
         raise ConfigError(
@@ -254,9 +252,10 @@ def _build_trainer(config, run, device, data, train_images, train_labels, val_ca
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps:
         total_steps = min(total_steps, t.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
     optim_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optim_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = optim_cls(
+        _param_groups(model, t.lr, config.model.encoder_lr_ratio), weight_decay=t.weight_decay
+    )
     monitor = t.monitor if val_images else "train_loss"
     scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
     loss_fn = DiceCELoss(
@@ -268,6 +267,7 @@ def _build_trainer(config, run, device, data, train_images, train_labels, val_ca
         include_background=config.loss.dice_include_background,
     ).to(device)
     callbacks: list = [
+        cb.FreezeEncoder(config.model.freeze_encoder),
         cb.EarlyStopping(t.early_stopping),  # before Checkpoint, so last.pt records an early stop
         cb.Checkpoint(run / "checkpoints", {"config": config.to_dict()}),
         cb.CSVLogger(run / "metrics.csv"),
@@ -302,6 +302,19 @@ def _build_trainer(config, run, device, data, train_images, train_labels, val_ca
         device=device,
         channels_last=t.channels_last,
     )
+
+
+def _param_groups(model, lr: float, encoder_lr_ratio: float) -> list[dict]:
+    """Encoder parameters at ``lr * encoder_lr_ratio``, the rest at ``lr`` (one group when the ratio is 1)."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or encoder_lr_ratio == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    return [
+        {"params": list(encoder.parameters()), "lr": lr * encoder_lr_ratio, "name": "encoder"},
+        {"params": rest, "lr": lr, "name": "decoder"},
+    ]
 
 
 def _scheduler(optimizer, config: Config, monitor: str, steps_per_epoch: int, total_steps: int):
