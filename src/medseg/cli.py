@@ -146,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="write RUN/report.html")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("serve", parents=[common], help="the browser app and its JSON API")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; the first is the default model")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest upload in MB (default 50)")
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image, height x width (default 40000000)"
+    )
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_serve)
     return parser
 
 
@@ -173,8 +186,11 @@ def _models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     width = max((len(n) for n in names), default=4)
     print(f"{'name':<{width}}  {'params':>10}  description")
+    import torch
+
     for name in names:
-        params = count_parameters(create_model(name, in_channels=3, num_classes=2))
+        with torch.device("meta"):  # shapes only: counting needs no memory or initialisation
+            params = count_parameters(create_model(name, in_channels=3, num_classes=2))
         print(f"{name:<{width}}  {params:>10,}  {describe_model(name)}")
     return 0
 
@@ -278,6 +294,26 @@ def _report(args: argparse.Namespace) -> int:
 
     path = build_report(args.run)
     print(f"report written to {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from medseg.web.app import serve
+    except ImportError as exc:
+        raise MedsegError(
+            f"serve needs the web dependencies ({exc.name} is missing): "
+            "pip install fastapi uvicorn python-multipart"
+        ) from exc
+    limits = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
+    serve(
+        args.runs,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        device=args.device,
+        **limits,
+    )
     return 0
 
 
