@@ -25,7 +25,14 @@ demo: $(VENV)/.installed
 	$(BIN)/medseg demo
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code under test.
+# The browser tests drive Debian's chromium (never `playwright install`): installed here when missing and
+# apt-get can, otherwise those tests are skipped with the reason.
 test: $(VENV)/.installed-dev
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		{ apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
+			>/dev/null 2>&1 || echo "could not install chromium; the browser tests will be skipped"; \
+	fi
 	$(BIN)/python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then status=0; fi; exit $$status
 
 lint: $(VENV)/.installed-dev

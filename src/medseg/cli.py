@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50, help="largest upload in MB (default 50)")
     p.add_argument(
-        "--max-pixels", type=int, default=None, help="largest image, height x width (default 40000000)"
+        "--max-pixels", type=int, default=None, help="largest image, height x width (default 25000000)"
     )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_serve)

@@ -61,13 +61,13 @@ def _read(path: Path, *, palette_indices: bool) -> np.ndarray:
                 series = tif.series[0]
                 array, axes = np.asarray(series.asarray()), series.axes
         else:
-            array = _read_with_pillow(path, palette_indices=palette_indices)
+            array = decode_with_pillow(path, palette_indices=palette_indices)
     except DataError:
         raise
     except Exception as exc:  # every decoder has its own exception types
         raise DataError(f"{path}: cannot read image ({_reason(exc)})") from exc
     if suffix in _TIFF:
-        array = _tiff_channels_last(path, array, axes)
+        array = tiff_channels_last(path, array, axes)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if (
@@ -89,7 +89,7 @@ _CHANNEL_AXES = "CS"
 _UNKNOWN_AXES = "QI"
 
 
-def _tiff_channels_last(path: Path, array: np.ndarray, axes: str) -> np.ndarray:
+def tiff_channels_last(path: Path, array: np.ndarray, axes: str) -> np.ndarray:
     """Return a TIFF's pixels as ``(H, W)`` or ``(H, W, C)``; refuse stacks and higher dimensions."""
     if array.ndim == 2:
         return array
@@ -115,7 +115,7 @@ def _tiff_channels_last(path: Path, array: np.ndarray, axes: str) -> np.ndarray:
 _PNG16_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
 
 
-def _read_with_pillow(path: Path, *, palette_indices: bool) -> np.ndarray:
+def decode_with_pillow(path: Path, *, palette_indices: bool) -> np.ndarray:
     """Decode with Pillow; ``palette_indices`` returns a palette image's indices (label class ids)."""
     from PIL import Image
 

@@ -4,12 +4,83 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.errors import DataError
 from medseg.io import is_image_file, read_image, write_csv_atomic, write_image
+
+if TYPE_CHECKING:
+    from medseg.inference.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    """How much of one image a class covers.
+
+    Attributes:
+        id: class id (the value in the label mask).
+        name: class name from the run's config.
+        color: ``(r, g, b)`` display colour of the class.
+        pixels: number of pixels predicted as this class.
+        fraction: ``pixels`` / pixels in the image, 0..1.
+    """
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+    pixels: int
+    fraction: float
+
+
+@dataclass
+class Segmentation:
+    """Everything ``medseg predict`` and the web app show for one image.
+
+    Attributes:
+        labels: ``(H, W)`` int32 class ids, the input's size.
+        overlay: ``(H, W, 3)`` uint8 RGB, the classes' colours blended over the image.
+        classes: one :class:`ClassCount` per class, in id order (background included).
+    """
+
+    labels: np.ndarray
+    overlay: np.ndarray
+    classes: list[ClassCount]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(H, W)`` label mask as stored on disk: uint8, or uint16 with 256 classes or more."""
+        return self.labels.astype(np.uint8 if len(self.classes) < 256 else np.uint16)
+
+
+def segment_image(predictor: Predictor, image: np.ndarray, source: str = "image") -> Segmentation:
+    """Segment one image: class ids, the colour overlay and per-class pixel counts.
+
+    The one per-image step of ``medseg predict`` and of the web app, so both give identical masks.
+
+    Args:
+        predictor: a loaded run (anything with ``predict(image, source)`` and ``config``).
+        image: ``(H, W)`` or ``(H, W, C)`` raw image, any dtype (as :func:`medseg.io.read_image` returns).
+        source: name used in error messages.
+
+    Raises:
+        DataError: the image's channels do not fit the model.
+    """
+    from medseg.report import class_colors, color_overlay
+
+    data = predictor.config.data
+    names = data.class_names
+    colors = class_colors(data.labels, data.colors)
+    labels = predictor.predict(image, source).labels
+    counts = np.bincount(labels.ravel(), minlength=len(names))
+    classes = [
+        ClassCount(i, name, colors[i], pixels=int(counts[i]), fraction=float(counts[i] / labels.size))
+        for i, name in enumerate(names)
+    ]
+    return Segmentation(labels=labels, overlay=color_overlay(image, labels, colors), classes=classes)
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -58,15 +129,11 @@ def predict(
         DataError: unreadable inputs (after writing everything else), or no inputs.
     """
     from medseg.inference.predictor import Predictor
-    from medseg.report import class_colors, color_overlay
 
     if mask_format not in ("png", "tif"):
         raise DataError(f"--format: {mask_format!r} is not png or tif")
     files = collect_inputs(inputs)
     predictor = Predictor.from_run(run_dir, device=device)
-    config = predictor.config
-    colors = class_colors(config.data.labels, config.data.colors)
-    names = predictor.class_names
     out = Path(out)
     stems = _unique_stems(files)
     rows, problems = [], []
@@ -74,25 +141,19 @@ def predict(
 
     for path, stem in tqdm(list(zip(files, stems)), desc="predict", unit="image", disable=None, leave=False):
         try:
-            image = read_image(path)
-            result = predictor.predict(image, str(path))
+            result = segment_image(predictor, read_image(path), str(path))
         except DataError as exc:
             problems.append(str(exc))
             continue
-        labels = result.labels
-        write_image(
-            out / "masks" / f"{stem}.{mask_format}",
-            labels.astype(np.uint8 if len(names) < 256 else np.uint16),
-        )
-        write_image(out / "overlays" / f"{stem}.png", color_overlay(image, labels, colors))
-        counts = np.bincount(labels.ravel(), minlength=len(names))
+        write_image(out / "masks" / f"{stem}.{mask_format}", result.mask)
+        write_image(out / "overlays" / f"{stem}.png", result.overlay)
         row = {
             "file": str(path),
             "mask": f"masks/{stem}.{mask_format}",
-            "height": labels.shape[0],
-            "width": labels.shape[1],
+            "height": result.labels.shape[0],
+            "width": result.labels.shape[1],
         }
-        row.update({f"fraction_{n}": c / labels.size for n, c in zip(names, counts)})
+        row.update({f"fraction_{c.name}": c.fraction for c in result.classes})
         rows.append(row)
     summary = out / "summary.csv"
     if rows:

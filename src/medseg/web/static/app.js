@@ -1,0 +1,269 @@
+// The medseg browser app: upload an image, show the segmentation, counts and downloads; the run's report.
+// Plain JavaScript, no build step, nothing loaded from outside this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: [], limits: null, lastFile: null, busy: false };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function setProgress(text, fraction) {
+  const progress = $("progress");
+  progress.hidden = text === null;
+  if (text === null) return;
+  $("progress-text").textContent = text;
+  progress.classList.toggle("busy", fraction === null);
+  $("progress-bar").style.width = fraction === null ? "" : `${Math.round(fraction * 100)}%`;
+}
+
+function formatMegabytes(bytes) {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+async function loadModels() {
+  let response;
+  try {
+    response = await fetch("/api/models");
+  } catch (err) {
+    showError("Cannot reach the medseg server. Is `medseg serve` still running?");
+    return;
+  }
+  const info = await response.json();
+  state.models = info.models;
+  state.limits = info.limits;
+  const select = $("model");
+  select.replaceChildren(
+    ...info.models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = `${m.name} (${m.architecture}, ${m.classes.length} classes)`;
+      return option;
+    })
+  );
+  select.value = info.default;
+  select.disabled = info.models.length < 2;
+  describeModel();
+  const mpx = (info.limits.max_pixels / 1e6).toFixed(0);
+  $("limits").textContent =
+    `${info.limits.accepted} · up to ${info.limits.max_upload_mb} MB and ${mpx} megapixels · ` +
+    "the file stays in this server's memory";
+}
+
+function describeModel() {
+  const model = state.models.find((m) => m.name === $("model").value);
+  if (!model) return;
+  $("empty-title").textContent = `Model ${model.name}`;
+  $("empty-text").textContent =
+    `${model.task[0].toUpperCase()}${model.task.slice(1)} segmentation with ${model.architecture} ` +
+    `on ${model.in_channels}-channel images. ` +
+    "Drop an image above: the original and the predicted classes appear side by side, with pixel counts per class.";
+  $("empty-classes").replaceChildren(
+    ...model.classes
+      .filter((c) => c.id !== 0)
+      .map((c) => {
+        const item = document.createElement("li");
+        item.append(swatch(c.color), c.name);
+        return item;
+      })
+  );
+}
+
+// The server names the file (as it sanitised it) at the start of its messages; the page already does.
+function serverName(name) {
+  const base = name.split(/[\\/]/).pop().replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+|[._]+$/g, "");
+  return base.slice(0, 80) || "upload";
+}
+
+function upload(file) {
+  if (state.busy || !file) return;
+  state.lastFile = file;
+  clearError();
+  const maxBytes = state.limits ? state.limits.max_upload_mb * 1024 * 1024 : Infinity;
+  if (file.size > maxBytes) {
+    showError(`${file.name} is ${formatMegabytes(file.size)}; this server accepts at most ${state.limits.max_upload_mb} MB.`);
+    return;
+  }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("model", $("model").value);
+  const request = new XMLHttpRequest();
+  request.open("POST", "/api/predict");
+  request.responseType = "json";
+  request.upload.onprogress = (event) => {
+    if (event.lengthComputable) setProgress(`Uploading ${file.name}…`, event.loaded / event.total);
+  };
+  request.upload.onload = () => setProgress(`Segmenting ${file.name}…`, null);
+  request.onload = () => {
+    finish();
+    const body = request.response;
+    if (request.status === 200 && body) {
+      render(body);
+    } else {
+      let detail = body && typeof body.detail === "string" ? body.detail : `the server answered ${request.status}`;
+      const prefix = `${serverName(file.name)}: `;
+      if (detail.startsWith(prefix)) detail = detail.slice(prefix.length);
+      showError(`Could not segment ${file.name}: ${detail}`);
+      // An older result under a new error would read as the result of this file.
+      $("result").hidden = true;
+      $("empty").hidden = false;
+      $("dropzone").classList.remove("compact");
+    }
+  };
+  request.onerror = () => {
+    finish();
+    showError("The connection to the medseg server failed. Is `medseg serve` still running?");
+  };
+  state.busy = true;
+  document.body.setAttribute("aria-busy", "true");
+  setProgress(`Uploading ${file.name}…`, 0);
+  request.send(form);
+}
+
+function finish() {
+  state.busy = false;
+  document.body.removeAttribute("aria-busy");
+  setProgress(null);
+}
+
+function swatch(color) {
+  const span = document.createElement("span");
+  span.className = "swatch";
+  span.style.backgroundColor = color;
+  return span;
+}
+
+function render(result) {
+  const png = (b64) => `data:image/png;base64,${b64}`;
+  $("original").src = png(result.image_png_base64);
+  $("overlay-base").src = png(result.image_png_base64);
+  $("overlay").src = png(result.color_mask_png_base64);
+  // Small images are enlarged; keep their pixels sharp rather than blurred.
+  const small = Math.max(result.width, result.height) < 400;
+  document.querySelectorAll(".frame").forEach((frame) => frame.classList.toggle("pixelated", small));
+
+  const title = $("result-title");
+  title.replaceChildren();
+  const name = document.createElement("strong");
+  name.textContent = result.filename;
+  title.append(
+    name,
+    ` · ${result.width} × ${result.height} px, ${result.channels} channel(s), ${result.dtype}` +
+      ` · model ${result.model} · ${result.seconds.toFixed(2)} s`
+  );
+
+  $("legend").replaceChildren(
+    ...result.classes
+      .filter((c) => c.id !== 0)
+      .map((c) => {
+        const item = document.createElement("li");
+        item.append(swatch(c.color), c.name);
+        return item;
+      })
+  );
+
+  const largest = Math.max(...result.classes.filter((c) => c.id !== 0).map((c) => c.fraction), 1e-9);
+  $("counts").tBodies[0].replaceChildren(
+    ...result.classes.map((c) => {
+      const row = document.createElement("tr");
+      row.dataset.classId = c.id;
+      if (c.id === 0) row.className = "background";
+      const nameCell = document.createElement("td");
+      const label = document.createElement("span");
+      label.className = "class-label";
+      label.append(swatch(c.id === 0 ? "transparent" : c.color), c.name);
+      nameCell.append(label);
+      const pixels = document.createElement("td");
+      pixels.className = "num";
+      pixels.textContent = c.pixels.toLocaleString("en-US");
+      const fraction = document.createElement("td");
+      fraction.className = "num";
+      fraction.textContent = `${(c.fraction * 100).toFixed(2)} %`;
+      const barCell = document.createElement("td");
+      if (c.id !== 0) {
+        const bar = document.createElement("div");
+        bar.className = "bar";
+        bar.style.width = `${Math.min(100, (c.fraction / largest) * 100)}%`;
+        bar.style.backgroundColor = c.color;
+        barCell.append(bar);
+      }
+      row.append(nameCell, pixels, fraction, barCell);
+      return row;
+    })
+  );
+
+  const links = { "dl-mask-png": "mask_png", "dl-mask-tiff": "mask_tiff", "dl-overlay": "overlay_png", "dl-csv": "counts_csv" };
+  for (const [id, key] of Object.entries(links)) $(id).href = result.downloads[key];
+
+  $("result").hidden = false;
+  $("empty").hidden = true;
+  $("dropzone").classList.add("compact");
+  applyOpacity();
+}
+
+function applyOpacity() {
+  const value = $("opacity").value;
+  $("overlay").style.opacity = value / 100;
+  $("opacity-value").textContent = `${value}%`;
+}
+
+function selectTab(name) {
+  for (const tab of ["segment", "report"]) {
+    $(`tab-${tab}`).setAttribute("aria-selected", String(tab === name));
+    $(`panel-${tab}`).hidden = tab !== name;
+  }
+  if (name === "report") {
+    const url = `/report/${encodeURIComponent($("model").value)}`;
+    $("report-open").href = url;
+    if ($("report-frame").getAttribute("src") !== url) $("report-frame").src = url;
+  }
+}
+
+function wire() {
+  const input = $("file");
+  const zone = $("dropzone");
+  $("choose").addEventListener("click", (event) => {
+    event.stopPropagation();
+    input.click();
+  });
+  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      input.click();
+    }
+  });
+  input.addEventListener("change", () => {
+    if (input.files.length) upload(input.files[0]);
+    input.value = "";
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragover");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragover"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragover");
+    if (event.dataTransfer.files.length) upload(event.dataTransfer.files[0]);
+  });
+  $("opacity").addEventListener("input", applyOpacity);
+  $("tab-segment").addEventListener("click", () => selectTab("segment"));
+  $("tab-report").addEventListener("click", () => selectTab("report"));
+  $("model").addEventListener("change", () => {
+    describeModel();
+    if (!$("panel-report").hidden) selectTab("report");
+    else if (state.lastFile) upload(state.lastFile);
+  });
+}
+
+wire();
+loadModels();
