@@ -68,16 +68,30 @@ def _read(path: Path, *, palette_indices: bool) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({_reason(exc)})") from exc
     if suffix in _TIFF:
         array = tiff_channels_last(path, array, axes)
+    return tidy_channels(array, path)
+
+
+def tidy_channels(array: np.ndarray, source: str | os.PathLike[str]) -> np.ndarray:
+    """Drop a lone channel axis and a fully opaque alpha channel; refuse what is not a 2D image.
+
+    Args:
+        array: decoded pixels, ``(H, W)`` or ``(H, W, C)``.
+        source: the file (or upload) name for the error message.
+
+    Raises:
+        DataError: the array is not ``(H, W)`` or ``(H, W, C)`` with H, W >= 1.
+    """
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if (
         array.ndim == 3
         and array.shape[-1] == 4
-        and np.all(array[..., 3] == np.iinfo(array.dtype).max if array.dtype.kind == "u" else False)
+        and array.dtype.kind == "u"
+        and np.all(array[..., 3] == np.iinfo(array.dtype).max)
     ):
         array = array[..., :3]
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
-        raise DataError(f"{path}: expected a 2D image, got an array of shape {array.shape}")
+        raise DataError(f"{source}: expected a 2D image, got an array of shape {array.shape}")
     return array
 
 

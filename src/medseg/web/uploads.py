@@ -58,19 +58,12 @@ def decode_upload(data: bytes, name: str = "upload", *, max_pixels: int = DEFAUL
         array = _decode_tiff(data, name, max_pixels)
     else:
         array = _decode_pillow(data, name, max_pixels)
-    # The same clean-up as read_image: a lone channel axis goes, a fully opaque alpha channel goes.
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if (
-        array.ndim == 3
-        and array.shape[-1] == 4
-        and array.dtype.kind == "u"
-        and np.all(array[..., 3] == np.iinfo(array.dtype).max)
-    ):
-        array = array[..., :3]
-    if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
-        raise UploadError(f"{name}: expected a 2D image, got an array of shape {array.shape}")
-    return array
+    from medseg.io.images import tidy_channels  # the same clean-up as read_image
+
+    try:
+        return tidy_channels(array, name)
+    except DataError as exc:
+        raise UploadError(str(exc)) from None
 
 
 def _check_pixels(name: str, height: int, width: int, max_pixels: int) -> None:
