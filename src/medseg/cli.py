@@ -140,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", default="png", choices=("png", "tif"), help="label mask format")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips/rotations")
+    p.add_argument(
+        "--tile", type=int, help="tile size for large images (default from the run: 512; 0 = never)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an inference setting, e.g. --set inference.overlap=0.5",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
 
@@ -284,7 +296,19 @@ def _f(value: float | None, width: int = 7, digits: int = 3) -> str:
 def _predict(args: argparse.Namespace) -> int:
     from medseg.workflows.predict import predict
 
-    summary = predict(args.run, args.inputs, args.out, mask_format=args.format, device=args.device)
+    overrides = list(args.overrides)
+    for text in overrides:
+        if not text.startswith("inference."):
+            raise MedsegError(
+                f"predict --set {text!r}: only inference.* settings can change at prediction time"
+            )
+    if args.tta:
+        overrides.append("inference.tta=true")
+    if args.tile is not None:
+        overrides.append(f"inference.tile={args.tile}")
+    summary = predict(
+        args.run, args.inputs, args.out, mask_format=args.format, device=args.device, overrides=overrides
+    )
     print(f"masks, overlays and {summary.name} written to {args.out}")
     return 0
 

@@ -91,6 +91,16 @@ class TrainConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How ``Predictor.predict`` runs: tiling of large images and test-time augmentation."""
+
+    tile: int = 512  # images larger in either dimension are predicted in tiles of this size (0 = never tile)
+    overlap: float = 0.25  # fraction of a tile shared with its neighbours
+    batch_size: int = 4  # tiles per forward pass (memory grows with it, not with the image)
+    tta: bool = False  # average over flips (and 90 degree rotations of square tiles); 4-8x slower
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as RUN/config.yaml."""
 
@@ -100,6 +110,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +148,12 @@ class Config:
             raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
         if self.train.epochs < 1 or self.train.batch_size < 1 or self.train.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+        inference = self.inference
+        if inference.tile < 0 or inference.batch_size < 1 or not 0 <= inference.overlap < 1:
+            raise ConfigError(
+                "inference: need tile >= 0 (0 = never tile), batch_size >= 1 and 0 <= overlap < 1; got "
+                f"tile {inference.tile}, batch_size {inference.batch_size}, overlap {inference.overlap}"
+            )
         return self
 
 

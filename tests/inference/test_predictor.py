@@ -62,3 +62,132 @@ def test_prediction_is_deterministic_and_uses_best_checkpoint(trained_run: Path,
     predictor = Predictor.from_run(trained_run, device="cpu")
     for key, value in best["model"].items():
         assert torch.equal(predictor.model.state_dict()[key], value)
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a network and records the input shape of every forward pass."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.size_divisor = model.size_divisor
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(images.shape))
+        return self.model(images)
+
+
+def counting_predictor(run: Path, *overrides: str) -> tuple[Predictor, CountingModel]:
+    predictor = Predictor.from_run(run, device="cpu", overrides=list(overrides))
+    predictor.bf16 = False
+    counter = CountingModel(predictor.model)
+    predictor.model = counter
+    return predictor, counter
+
+
+def test_large_image_is_tiled(trained_run: Path):
+    from medseg.inference.sliding_window import tile_starts
+
+    predictor, counter = counting_predictor(trained_run, "inference.tile=64")
+    image = np.random.default_rng(2).integers(0, 255, (150, 101, 3), dtype=np.uint8)
+    tiled = predictor.predict(image)
+    assert tiled.labels.shape == (150, 101)
+    assert tiled.probabilities.shape == (4, 150, 101)
+    np.testing.assert_allclose(tiled.probabilities.sum(0), 1.0, atol=1e-5)
+    tiles = len(tile_starts(150, 64, 0.25)) * len(tile_starts(101, 64, 0.25))
+    assert [s[0] for s in counter.shapes] == [4] * (tiles // 4) + ([tiles % 4] if tiles % 4 else [])
+    assert {s[-2:] for s in counter.shapes} == {(64, 64)}
+
+    counter.shapes.clear()
+    whole = predictor.predict(image, tile=0)  # per call: never tile
+    assert counter.shapes == [(1, 3, 152, 104)]  # padded to the divisor 4
+    assert whole.labels.shape == (150, 101)
+    # (no closeness check: unet's instance norm sees each tile's statistics, so tiles legitimately differ)
+
+
+def test_small_image_is_not_tiled_and_narrow_images_get_narrow_tiles(trained_run: Path):
+    predictor, counter = counting_predictor(trained_run)
+    assert predictor.config.inference.tile == 512
+    image = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    predictor.predict(image)
+    assert counter.shapes == [(1, 3, 64, 64)]
+    counter.shapes.clear()
+    predictor.predict(np.zeros((200, 30, 3), np.uint8), tile=63)  # rounded up to the divisor: 64
+    assert {s[-2:] for s in counter.shapes} == {(64, 32)}  # no tile wider than the (padded) image
+
+
+def test_tta_per_call_and_from_config(trained_run: Path):
+    predictor, counter = counting_predictor(trained_run)
+    image = np.random.default_rng(4).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    plain = predictor.predict(image)
+    counter.shapes.clear()
+    augmented = predictor.predict(image, tta=True)
+    assert len(counter.shapes) == 8  # 4 flips x (identity, transpose) of a square image
+    assert np.abs(augmented.probabilities - plain.probabilities).max() > 1e-3
+    np.testing.assert_allclose(augmented.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(augmented.labels, augmented.probabilities.argmax(0))
+
+    configured, counter = counting_predictor(trained_run, "inference.tta=true")
+    np.testing.assert_allclose(configured.predict(image).probabilities, augmented.probabilities, atol=1e-6)
+    np.testing.assert_allclose(configured.predict(image, tta=False).probabilities, plain.probabilities)
+    counter.shapes.clear()
+    configured.predict(np.zeros((48, 40, 3), np.uint8))
+    assert len(counter.shapes) == 4  # flips only: not square
+
+
+def test_tta_with_tiling(trained_run: Path):
+    predictor, counter = counting_predictor(trained_run, "inference.tile=32", "inference.batch_size=16")
+    image = np.random.default_rng(5).integers(0, 255, (80, 70, 3), dtype=np.uint8)
+    result = predictor.predict(image, tta=True)
+    assert result.labels.shape == (80, 70)
+    np.testing.assert_allclose(result.probabilities.sum(0), 1.0, atol=1e-5)
+    assert len(counter.shapes) == 8  # one batch of 3 x 3 tiles, 8 augmentations of the batch
+    assert counter.shapes[0] == (9, 3, 32, 32)
+
+
+def test_inference_config_round_trip(tmp_path: Path):
+    from medseg.config import InferenceConfig, load_config, save_config
+
+    config = load_config(None, ["inference.tta=true", "inference.tile=256", "inference.overlap=0.5"])
+    assert config.inference == InferenceConfig(tile=256, overlap=0.5, batch_size=4, tta=True)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    assert load_config(None).inference == InferenceConfig(tile=512, overlap=0.25, batch_size=4, tta=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("inference.tiel=3", "did you mean inference.tile"),
+        ("inference.tile=-1", "tile >= 0"),
+        ("inference.overlap=1", "overlap"),
+        ("inference.batch_size=0", "batch_size >= 1"),
+        ("inference.tta=maybe", "inference.tta: cannot use 'maybe' as bool"),
+    ],
+)
+def test_invalid_inference_config(override: str, message: str):
+    from medseg.config import load_config
+    from medseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_old_run_without_inference_section_loads(tmp_path: Path, trained_run: Path):
+    import shutil
+
+    import yaml
+
+    from medseg.config import InferenceConfig
+
+    data = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert "inference" in data  # new runs record it
+    del data["inference"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copytree(trained_run / "checkpoints", tmp_path / "checkpoints")
+    predictor = Predictor.from_run(tmp_path, device="cpu")
+    assert predictor.config.inference == InferenceConfig()
+    assert predictor.predict(np.zeros((20, 24, 3), np.uint8)).labels.shape == (20, 24)
+    tiled = Predictor.from_run(tmp_path, device="cpu", overrides=["inference.tile=8"])
+    assert tiled.config.inference.tile == 8

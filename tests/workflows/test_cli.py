@@ -164,3 +164,17 @@ def test_models_lists_parameter_counts(capsys):
     assert run_cli("models") == 0
     out = capsys.readouterr().out
     assert "unet_tiny" in out and "1,625,737" in out
+
+
+def test_predict_with_tta_and_tiles(trained_run: Path, tmp_path: Path, capsys):
+    rng = np.random.default_rng(2)
+    write_image(tmp_path / "in" / "big.png", rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    assert (
+        run_cli("predict", trained_run, tmp_path / "in", "--out", tmp_path / "p", "--tta", "--tile", 32) == 0
+    )
+    assert read_label(tmp_path / "p" / "masks" / "big.png").shape == (70, 90)
+    _one_line_error(
+        capsys,
+        run_cli("predict", trained_run, tmp_path / "in", "--out", tmp_path / "q", "--set", "model.name=x"),
+        "only inference.* settings",
+    )

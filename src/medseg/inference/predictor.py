@@ -1,7 +1,9 @@
 """Predict with a trained run: the same normalisation as training, padding to the model's divisor.
 
 ``Predictor.from_run(RUN)`` rebuilds the model from ``RUN/config.yaml`` and ``RUN/checkpoints/best.pt``
-(or ``last.pt``); the run folder needs nothing else.
+(or ``last.pt``); the run folder needs nothing else. Images larger than ``inference.tile`` are predicted
+in overlapping tiles blended with a gaussian (:mod:`medseg.inference.sliding_window`); ``inference.tta``
+averages over flips and rotations. Both can be changed per call of :meth:`Predictor.predict`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.config import Config, from_dict, read_yaml
+from medseg.config import Config, apply_overrides, from_dict, read_yaml
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.engine.device import autocast, pick_device, use_bf16
-from medseg.errors import DataError, RunError
+from medseg.errors import ConfigError, DataError, RunError
+from medseg.inference.sliding_window import sliding_window, with_flip_tta
 from medseg.transforms import normalize
 
 
@@ -50,13 +53,21 @@ class Predictor:
         self.bf16 = use_bf16(config.train.amp, self.device)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, checkpoint: str = "best", device: str = "auto") -> Predictor:
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        checkpoint: str = "best",
+        device: str = "auto",
+        overrides: list[str] | None = None,
+    ) -> Predictor:
         """Load a run folder.
 
         Args:
             run_dir: the run folder (``config.yaml`` + ``checkpoints/``).
             checkpoint: ``best`` (falls back to ``last``) or ``last``.
             device: ``auto``, ``cpu`` or ``cuda``.
+            overrides: ``--set`` style changes to the run's config, e.g. ``["inference.tta=true"]``.
 
         Raises:
             RunError: the folder is not a run, or has no usable checkpoint.
@@ -64,7 +75,7 @@ class Predictor:
         from medseg.models import build_model
 
         run = Path(run_dir)
-        config = load_run_config(run)
+        config = load_run_config(run, overrides)
         ckpt_dir = run / "checkpoints"
         candidates = ["best.pt", "last.pt"] if checkpoint == "best" else [f"{checkpoint}.pt"]
         path = next((ckpt_dir / c for c in candidates if (ckpt_dir / c).is_file()), None)
@@ -115,23 +126,73 @@ class Predictor:
             out = self.model(images.to(self.device))
         return out[..., :height, :width].float()
 
+    def tile_size(self, tile: int | None = None) -> int:
+        """``inference.tile`` (or ``tile``) rounded up to a multiple of the divisor (0 = never tile)."""
+        tile = self.config.inference.tile if tile is None else tile
+        if tile < 0:
+            raise ConfigError(f"inference.tile: must be >= 0 (0 = never tile), got {tile}")
+        return -(-tile // self.divisor) * self.divisor
+
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, source: str = "image") -> Prediction:
-        """Segment one raw image ``(H, W)`` or ``(H, W, C)``."""
-        tensor = torch.from_numpy(self.preprocess(image, source))[None]
-        probs = torch.softmax(self.logits(tensor), dim=1)[0].cpu().numpy()
-        return Prediction(labels=probs.argmax(0).astype(np.int32), probabilities=probs)
+    def predict(
+        self, image: np.ndarray, source: str = "image", *, tta: bool | None = None, tile: int | None = None
+    ) -> Prediction:
+        """Segment one raw image ``(H, W)`` or ``(H, W, C)``.
+
+        Args:
+            image: the raw image, any dtype.
+            source: name used in error messages.
+            tta: average over flips (and 90° rotations of square inputs); None = ``inference.tta``.
+            tile: tile size for images larger than it in either dimension, 0 = never tile;
+                None = ``inference.tile``.
+        """
+        settings = self.config.inference
+        tta = settings.tta if tta is None else tta
+        tile = self.tile_size(tile)
+        normalised = self.preprocess(image, source)
+        predict_tiles = with_flip_tta(self.logits) if tta else self.logits
+        height, width = normalised.shape[-2:]
+        if tile and (height > tile or width > tile):
+            # a dimension shorter than the tile needs no tiling: its tiles span it (padded to the divisor)
+            shape = (min(tile, self.tile_size(height)), min(tile, self.tile_size(width)))
+            probs = sliding_window(
+                normalised,
+                predict_tiles,
+                shape,
+                overlap=settings.overlap,
+                batch_size=settings.batch_size,
+                softmax=not tta,
+            )
+        else:
+            out = predict_tiles(torch.from_numpy(normalised)[None])
+            probs = (out if tta else torch.softmax(out, dim=1))[0].cpu().numpy()
+        return Prediction(labels=class_ids(probs), probabilities=probs)
 
 
-def load_run_config(run_dir: str | Path) -> Config:
-    """Read and validate ``RUN/config.yaml``.
+def class_ids(probabilities: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``(K, H, W)`` probabilities -> ``(H, W)`` int32 argmax, a band of rows at a time.
+
+    NumPy's argmax returns int64; banding keeps that temporary small for very large images.
+    """
+    labels = np.empty(probabilities.shape[1:], np.int32)
+    for top in range(0, labels.shape[0], rows):
+        labels[top : top + rows] = probabilities[:, top : top + rows].argmax(0)
+    return labels
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read ``RUN/config.yaml``, apply ``--set`` style ``overrides`` and validate.
+
+    Sections missing from older runs (e.g. ``inference``) take their defaults.
 
     Raises:
         RunError: the folder is missing or is not a medseg run.
+        ConfigError: an override names an unknown key or an invalid value.
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise RunError(f"{run}: run folder not found")
     if not (run / "config.yaml").is_file():
         raise RunError(f"{run}: not a medseg run (no config.yaml)")
-    return from_dict(read_yaml(run / "config.yaml")).validate()
+    data = apply_overrides(read_yaml(run / "config.yaml"), overrides or [])
+    return from_dict(data).validate()

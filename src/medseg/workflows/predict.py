@@ -115,12 +115,21 @@ def predict(
     *,
     mask_format: str = "png",
     device: str = "auto",
+    overrides: Sequence[str] = (),
 ) -> Path:
     """Segment images and write ``masks/``, ``overlays/`` and ``summary.csv`` under ``out``.
 
     Masks have the input's size and hold class ids (PNG, or TIFF with ``mask_format="tif"``); overlays
     show the classes in the run's colours; ``summary.csv`` has each file's size and per-class pixel
     fractions. A file that cannot be read is reported and skipped; the others are still written.
+
+    Args:
+        run_dir: the run folder.
+        inputs: image files or folders.
+        out: output folder.
+        mask_format: ``png`` or ``tif``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: ``--set`` changes to the run's inference settings, e.g. ``inference.tta=true``.
 
     Returns:
         The path of ``summary.csv``.
@@ -133,7 +142,7 @@ def predict(
     if mask_format not in ("png", "tif"):
         raise DataError(f"--format: {mask_format!r} is not png or tif")
     files = collect_inputs(inputs)
-    predictor = Predictor.from_run(run_dir, device=device)
+    predictor = Predictor.from_run(run_dir, device=device, overrides=list(overrides))
     out = Path(out)
     stems = _unique_stems(files)
     rows, problems = [], []
