@@ -80,7 +80,16 @@ def train(
     device = pick_device(device)
     seed_everything(config.train.seed)
     trainer = _build_trainer(
-        config, run, device, data, train_images, train_labels, val_cases, val_images, val_labels
+        config,
+        run,
+        device,
+        data,
+        train_images,
+        train_labels,
+        val_cases,
+        val_images,
+        val_labels,
+        pretrained=not resume,  # a resume loads last.pt over the weights: no hub or folder needed
     )
     if resume:
         last = run / "checkpoints" / "last.pt"
@@ -209,7 +218,19 @@ def _load_cases(
     return images, labels
 
 
-def _build_trainer(config, run, device, data, train_images, train_labels, val_cases, val_images, val_labels):
+def _build_trainer(
+    config,
+    run,
+    device,
+    data,
+    train_images,
+    train_labels,
+    val_cases,
+    val_images,
+    val_labels,
+    *,
+    pretrained=True,
+):
     import torch
 
     from medseg.data.samples import EpochSampler, PatchDataset
@@ -221,7 +242,9 @@ def _build_trainer(config, run, device, data, train_images, train_labels, val_ca
 
     num_classes = len(config.data.labels)
     t = config.train
-    model = build_model(config.model, in_channels=config.data.in_channels, num_classes=num_classes)
+    model = build_model(
+        config.model, in_channels=config.data.in_channels, num_classes=num_classes, pretrained=pretrained
+    )
     divisor = int(getattr(model, "size_divisor", 1))
     if any(size % divisor for size in config.data.patch_size):
         raise ConfigError(
