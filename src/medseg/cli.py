@@ -109,14 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name (see `medseg models`), default unet")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--config", help="YAML config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
-    )
+    _add_set_option(p, "override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--classes", help="class names for an images/ + masks/ folder, e.g. background,cell")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -144,14 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tile", type=int, help="tile size for large images (default from the run: 512; 0 = never)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an inference setting, e.g. --set inference.overlap=0.5",
-    )
+    _add_set_option(p, "override an inference setting, e.g. --set inference.overlap=0.5")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
 
@@ -172,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_serve)
     return parser
+
+
+def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
 
 
 def _split_classes(text: str | None) -> list[str] | None:
