@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,18 +80,9 @@ def train(
 
     device = pick_device(device)
     seed_everything(config.train.seed)
-    trainer = _build_trainer(
-        config,
-        run,
-        device,
-        data,
-        train_images,
-        train_labels,
-        val_cases,
-        val_images,
-        val_labels,
-        pretrained=not resume,  # a resume loads last.pt over the weights: no hub or folder needed
-    )
+    cases = LoadedCases(train_images, train_labels, val_cases, val_images, val_labels)
+    # a resume loads last.pt over the weights: no hub or folder needed
+    trainer = _build_trainer(config, run, device, data, cases, pretrained=not resume)
     if resume:
         last = run / "checkpoints" / "last.pt"
         if not last.is_file():
@@ -190,6 +182,17 @@ def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) 
     return splits
 
 
+@dataclass
+class LoadedCases:
+    """The split's cases in memory: normalised images ``(C, H, W)`` and labels ``(H, W)``."""
+
+    train_images: list[np.ndarray]
+    train_labels: list[np.ndarray]
+    val_names: list[str]
+    val_images: list[np.ndarray]
+    val_labels: list[np.ndarray]
+
+
 def _load_cases(
     data: Dataset, names: Sequence[str], config: Config
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -218,19 +221,7 @@ def _load_cases(
     return images, labels
 
 
-def _build_trainer(
-    config,
-    run,
-    device,
-    data,
-    train_images,
-    train_labels,
-    val_cases,
-    val_images,
-    val_labels,
-    *,
-    pretrained=True,
-):
+def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=True):
     import torch
 
     from medseg.data.samples import EpochSampler, PatchDataset
@@ -258,10 +249,14 @@ def _build_trainer(
         )
     pad_label = config.data.ignore_index if config.data.ignore_index >= 0 else 0
     patches = PatchDataset(
-        train_images, train_labels, tuple(config.data.patch_size), config.augment, pad_label=pad_label
+        cases.train_images,
+        cases.train_labels,
+        tuple(config.data.patch_size),
+        config.augment,
+        pad_label=pad_label,
     )
-    samples = config.data.samples_per_epoch or len(train_images)
-    sampler = EpochSampler(len(train_images), samples, t.seed)
+    samples = config.data.samples_per_epoch or len(cases.train_images)
+    sampler = EpochSampler(len(cases.train_images), samples, t.seed)
     workers = max(0, config.data.num_workers)
     loader = torch.utils.data.DataLoader(
         patches,
@@ -279,7 +274,7 @@ def _build_trainer(
     optimizer = optim_cls(
         _param_groups(model, t.lr, config.model.encoder_lr_ratio), weight_decay=t.weight_decay
     )
-    monitor = t.monitor if val_images else "train_loss"
+    monitor = t.monitor if cases.val_images else "train_loss"
     scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
     loss_fn = DiceCELoss(
         num_classes,
@@ -300,14 +295,16 @@ def _build_trainer(
     if t.progress:
         callbacks.append(cb.ProgressBar(steps_per_epoch))
     validate = None
-    if val_images:
-        validate = SemanticValidation(config, val_images, val_labels, loss_fn)
+    if cases.val_images:
+        validate = SemanticValidation(config, cases.val_images, cases.val_labels, loss_fn)
         if t.snapshots:
             from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
 
-            i = pick_snapshot_case(val_labels)
-            display = load_image(data.case(val_cases[i]))
-            callbacks.append(Snapshots(run / "snapshots", config, display, val_images[i], val_labels[i]))
+            i = pick_snapshot_case(cases.val_labels)
+            display = load_image(data.case(cases.val_names[i]))
+            callbacks.append(
+                Snapshots(run / "snapshots", config, display, cases.val_images[i], cases.val_labels[i])
+            )
     return Trainer(
         model,
         optimizer,

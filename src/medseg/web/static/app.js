@@ -58,6 +58,17 @@ async function loadModels() {
     "the file stays in this server's memory";
 }
 
+// One <li> per foreground class: colour swatch and name.
+function legendItems(classes) {
+  return classes
+    .filter((c) => c.id !== 0)
+    .map((c) => {
+      const item = document.createElement("li");
+      item.append(swatch(c.color), c.name);
+      return item;
+    });
+}
+
 function describeModel() {
   const model = state.models.find((m) => m.name === $("model").value);
   if (!model) return;
@@ -67,13 +78,7 @@ function describeModel() {
     `on ${model.in_channels}-channel images. ` +
     "Drop an image above: the original and the predicted classes appear side by side, with pixel counts per class.";
   $("empty-classes").replaceChildren(
-    ...model.classes
-      .filter((c) => c.id !== 0)
-      .map((c) => {
-        const item = document.createElement("li");
-        item.append(swatch(c.color), c.name);
-        return item;
-      })
+    ...legendItems(model.classes)
   );
 }
 
@@ -161,13 +166,7 @@ function render(result) {
   );
 
   $("legend").replaceChildren(
-    ...result.classes
-      .filter((c) => c.id !== 0)
-      .map((c) => {
-        const item = document.createElement("li");
-        item.append(swatch(c.color), c.name);
-        return item;
-      })
+    ...legendItems(result.classes)
   );
 
   const largest = Math.max(...result.classes.filter((c) => c.id !== 0).map((c) => c.fraction), 1e-9);
