@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,3 +52,61 @@ def test_perfect_prediction_has_near_zero_dice_loss():
 def test_class_weights_length_checked():
     with pytest.raises(ValueError, match="3 classes"):
         DiceCELoss(3, class_weights=[1.0, 2.0])
+
+
+def _watershed_target(n=2, size=16, typed=True):
+    rng = np.random.default_rng(0)
+    target = np.zeros((n, 4, size, size), np.float32)
+    target[:, 2, 4:10, 4:10] = 1  # foreground square
+    target[:, 0] = target[:, 2] * rng.uniform(0, 1, (n, size, size))
+    target[:, 1] = target[:, 2] * 0.5
+    target[:, 3] = np.where(target[:, 2] > 0, 1 if typed else -1, -1)
+    return torch.from_numpy(target)
+
+
+def test_deep_watershed_loss_is_small_for_a_perfect_prediction_and_large_otherwise():
+    from medseg.losses import DeepWatershedLoss
+    from medseg.models.heads import HeadLayout
+
+    layout = HeadLayout((("inner", 1), ("outer", 1), ("fgbg", 2), ("classes", 3)))
+    loss_fn = DeepWatershedLoss(layout)
+    target = _watershed_target()
+    perfect = torch.zeros(2, 7, 16, 16)
+    perfect[:, 0] = torch.logit(target[:, 0].clamp(1e-4, 1 - 1e-4))
+    perfect[:, 1] = torch.logit(target[:, 1].clamp(1e-4, 1 - 1e-4))
+    fg = target[:, 2] > 0
+    perfect[:, 2] = torch.where(fg, -20.0, 20.0)
+    perfect[:, 3] = torch.where(fg, 20.0, -20.0)
+    perfect[:, 5] = 20.0  # type 1 everywhere
+    assert float(loss_fn(perfect, target)) < 1e-3
+    terms = loss_fn.terms(torch.zeros(2, 7, 16, 16), target)
+    assert set(terms) == {"inner", "outer", "fgbg", "classes"}
+    assert all(float(v) > 0.01 for v in terms.values())
+
+
+def test_deep_watershed_loss_weights_and_untyped_targets():
+    from medseg.losses import DeepWatershedLoss
+    from medseg.models.heads import HeadLayout
+
+    layout = HeadLayout((("inner", 1), ("outer", 1), ("fgbg", 2), ("classes", 3)))
+    logits = torch.randn(2, 7, 16, 16, requires_grad=True)
+    untyped = _watershed_target(typed=False)
+    terms = DeepWatershedLoss(layout, {"inner": 0.0, "outer": 2.0}).terms(logits, untyped)
+    assert set(terms) == {"outer", "fgbg"}  # weight 0 skipped; no typed pixel -> no type term
+    single = DeepWatershedLoss(layout, {"outer": 1.0}).terms(logits, untyped)["outer"]
+    torch.testing.assert_close(terms["outer"], 2 * single)
+    DeepWatershedLoss(layout)(logits, untyped).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_fgbg_cross_entropy_is_weighted_by_inverse_frequency():
+    from medseg.losses import DeepWatershedLoss
+    from medseg.models.heads import HeadLayout
+
+    layout = HeadLayout((("inner", 1), ("outer", 1), ("fgbg", 2)))
+    target = _watershed_target(typed=False)  # 36 of 256 pixels foreground
+    logits = torch.zeros(2, 4, 16, 16)
+    logits[:, 2] = 3.0  # predicts background everywhere: wrong on the rare foreground
+    weighted = DeepWatershedLoss(layout, {"inner": 0, "outer": 0}).terms(logits, target)["fgbg"]
+    plain = torch.nn.functional.cross_entropy(logits[:, 2:4], target[:, 2].long())
+    assert float(weighted) > 2 * float(plain)  # the rare class's errors count as much as the common's

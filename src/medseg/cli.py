@@ -91,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     b.set_defaults(func=_phantom_blood)
+    nu = phantom.add_parser(
+        "nuclei", parents=[common], help="fluorescent nuclei: touching, overlapping, instance labels"
+    )
+    nu.add_argument("--out", required=True, help="dataset folder to write (native nnU-Net layout)")
+    nu.add_argument("--n", type=int, default=50, help="number of images (default 50)")
+    nu.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    nu.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    nu.set_defaults(func=_phantom_nuclei)
 
-    p = sub.add_parser("data", parents=[common], help="check datasets")
+    p = sub.add_parser("data", parents=[common], help="check and import datasets")
     data = p.add_subparsers(title="data commands", metavar="ACTION", required=True)
     c = data.add_parser("check", parents=[common], help="list every problem of a dataset and summarise it")
     c.add_argument("dataset", help="dataset folder")
@@ -101,11 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-index", type=int, help="label value for unannotated pixels, allowed besides classes"
     )
     c.set_defaults(func=_data_check)
+    imp = data.add_parser("import", parents=[common], help="convert another dataset layout to the native one")
+    formats = imp.add_subparsers(title="formats", metavar="FORMAT", required=True)
+    d = formats.add_parser(
+        "deepcell", parents=[common], help="DeepCell npz: X (N,H,W,C) images, y (N,H,W,1|2) instance labels"
+    )
+    d.add_argument("src", help="the .npz archive")
+    d.add_argument("dst", help="dataset folder to create")
+    d.add_argument("--y-channel", type=int, default=0, help="channel of y to import (TissueNet: 0 cells)")
+    d.add_argument("--channel-names", help="one name per channel of X, e.g. nuclear,membrane")
+    d.add_argument("--prefix", help="case name prefix (default: the archive's name)")
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    d.set_defaults(func=_data_import_deepcell)
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset")
     p.add_argument("dataset", nargs="?", help="dataset folder (optional with --resume)")
     p.add_argument("--out", help="run folder (default runs/<dataset>_<model>)")
-    p.add_argument("--task", help="semantic")
+    p.add_argument(
+        "--task",
+        choices=("semantic", "instance"),
+        help="semantic (class per pixel) or instance (deep watershed); default: what dataset.json says",
+    )
     p.add_argument("--model", help="model name (see `medseg models`), default unet")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--config", help="YAML config file")
@@ -132,14 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--format", default="png", choices=("png", "tif"), help="label mask format")
+    p.add_argument(
+        "--format", choices=("png", "tif"), help="label mask format (default png; tif for instance runs)"
+    )
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips/rotations")
     p.add_argument(
         "--tile", type=int, help="tile size for large images (default from the run: 512; 0 = never)"
     )
     _add_set_option(p, "override an inference setting, e.g. --set inference.overlap=0.5")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="run the torch model (default) or RUN/export/model.onnx (write it first: medseg export RUN)",
+    )
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", parents=[common], help="export a run's network to ONNX (RUN/export)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default 17)")
+    p.add_argument("--out", help="export folder (default RUN/export, where --backend onnxruntime looks)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("report", parents=[common], help="write RUN/report.html")
     p.add_argument("run", help="run folder")
@@ -207,6 +246,38 @@ def _phantom_blood(args: argparse.Namespace) -> int:
     return 0
 
 
+def _phantom_nuclei(args: argparse.Namespace) -> int:
+    from medseg.data.phantoms import write_nuclei_dataset
+
+    out = write_nuclei_dataset(args.out, args.n, size=args.size, seed=args.seed)
+    print(f"wrote {args.n} fluorescent nuclei phantoms ({args.size}x{args.size}, instance labels) to {out}")
+    return 0
+
+
+def _data_import_deepcell(args: argparse.Namespace) -> int:
+    import json
+
+    from medseg.data.importers import import_dataset
+
+    dst = import_dataset(
+        "deepcell",
+        args.src,
+        args.dst,
+        y_channel=args.y_channel,
+        channel_names=_split_classes(args.channel_names),
+        prefix=args.prefix,
+        overwrite=args.overwrite,
+    )
+    meta = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
+    height, width = meta["medseg"]["image_size"]
+    print(
+        f"imported {meta['numTraining']} cases of {width}x{height} (WxH) to {dst}: "
+        f"channels {', '.join(meta['channel_names'].values())}; "
+        f"{meta['medseg']['objects_per_image']:.1f} objects per image on average"
+    )
+    return 0
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from medseg.data.dataset import check_dataset
 
@@ -261,6 +332,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medseg.workflows.evaluate import evaluate
 
     summary = evaluate(args.run, args.dataset, split=args.split, spacing=args.spacing, device=args.device)
+    if summary.get("task") == "instance":
+        _print_instance_summary(summary)
+        print(f"written to {Path(args.run) / 'eval'}")
+        return 0
     names = list(summary["per_class"])
     print(f"{summary['num_images']} images ({summary['split']}) from {summary['dataset']}")
     print(f"{'class':<16} {'dice':>7} {'iou':>7} {'sens':>7} {'spec':>7} {'hd95':>8}")
@@ -277,6 +352,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(f"written to {Path(args.run) / 'eval'}")
     return 0
+
+
+def _print_instance_summary(summary: dict) -> None:
+    pooled = summary["pooled"]
+    print(f"{summary['num_images']} images ({summary['split']}) from {summary['dataset']}")
+    print(
+        f"objects: {pooled['n_true']} true, {pooled['n_pred']} found   F1@0.5 {_f(pooled['f1@0.5'], 0)}   "
+        f"precision {_f(pooled['precision@0.5'], 0)}   recall {_f(pooled['recall@0.5'], 0)}"
+    )
+    print(
+        f"PQ {_f(pooled['pq'], 0)} (SQ {_f(pooled['sq'], 0)}, RQ {_f(pooled['rq'], 0)})   "
+        f"AJI {_f(pooled['aji'], 0)}   AJI+ {_f(pooled['aji_plus'], 0)}   AP(DSB) {_f(pooled['ap_dsb'], 0)}"
+    )
+    errors = ", ".join(f"{pooled[k]} {k}" for k in ("split", "merge", "catastrophe", "missed", "gained"))
+    print(f"object errors: {errors}")
+    print(
+        f"count exact in {summary['count_exact_fraction']:.0%} of images, mean |error| "
+        f"{summary['mean_absolute_count_error']:.2f} objects"
+    )
+    if "type_accuracy" in summary:
+        line = f"type accuracy {_f(summary['type_accuracy'], 0)}"
+        if "differential_count_exact_fraction" in summary:
+            exact = summary["differential_count_exact_fraction"]
+            line += f"   differential count exact in {exact:.0%} of images"
+        print(line)
 
 
 def _f(value: float | None, width: int = 7, digits: int = 3) -> str:
@@ -299,9 +399,32 @@ def _predict(args: argparse.Namespace) -> int:
     if args.tile is not None:
         overrides.append(f"inference.tile={args.tile}")
     summary = predict(
-        args.run, args.inputs, args.out, mask_format=args.format, device=args.device, overrides=overrides
+        args.run,
+        args.inputs,
+        args.out,
+        mask_format=args.format,
+        device=args.device,
+        overrides=overrides,
+        backend=args.backend,
     )
     print(f"masks, overlays and {summary.name} written to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from medseg.workflows.export import export_run
+
+    bundle_path = export_run(args.run, format=args.format, opset=args.opset, out=args.out)
+    bundle = json.loads(bundle_path.read_text(encoding="utf-8"))
+    model = bundle_path.parent / bundle["model_file"]
+    print(
+        f"exported {model} ({model.stat().st_size / 1e6:.1f} MB, opset {bundle['opset']}, "
+        f"max |onnxruntime - torch| = {bundle['check']['max_abs_difference']:.1e}) and {bundle_path.name}"
+    )
+    if args.out is None:
+        print(f"next: medseg predict {args.run} IMAGES --backend onnxruntime --out DIR")
     return 0
 
 

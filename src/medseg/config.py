@@ -18,7 +18,8 @@ from typing import Any
 from medseg.errors import ConfigError
 from medseg.transforms.augment import AugmentConfig
 
-TASKS = ("semantic",)
+TASKS = ("semantic", "instance")
+DEFAULT_MONITOR = {"semantic": "val_dice", "instance": "val_f1"}
 
 
 @dataclass
@@ -79,7 +80,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | plateau | none
     warmup_epochs: int = 0
-    monitor: str = "val_dice"  # metric for best.pt, early stopping and plateau schedule (higher is better)
+    monitor: str = (
+        ""  # metric for best.pt, early stopping, plateau; "" = val_dice (semantic), val_f1 (instance)
+    )
     early_stopping: int = 0  # patience in epochs (0 = off)
     amp: str = "auto"  # auto (bf16 when the CPU supports it, on GPU always) | bf16 | off
     channels_last: bool = False  # measured: no gain on CPU here (benchmarks/train_step.py)
@@ -101,16 +104,43 @@ class InferenceConfig:
 
 
 @dataclass
+class InstanceConfig:
+    """Deep-watershed instance segmentation (``task: instance``): targets, head weights, post-processing.
+
+    The network predicts an inner distance (peaks at object centres), an outer distance (per-object
+    normalised distance to the background), foreground/background (with an optional boundary class) and,
+    when the dataset types its instances, per-pixel class logits; see :mod:`medseg.models.heads`.
+    """
+
+    classes: list[str] = field(default_factory=list)  # instance types (class head); empty = untyped
+    differential: list[str] = field(default_factory=list)  # types a differential count is over (in %)
+    alpha: str = "auto"  # inner-distance alpha: "auto" (from each object's size) or a number
+    beta: float = 1.0  # inner-distance beta
+    erosion: int = 0  # erode objects by this many pixels before the outer distance
+    boundary: bool = False  # fgbg head with a third, boundary class
+    inner_weight: float = 1.0  # loss weights per head (MSE for distances, weighted CE for fgbg/classes)
+    outer_weight: float = 1.0
+    fgbg_weight: float = 1.0
+    class_weight: float = 1.0
+    tune: str = "f1"  # after training, tune watershed thresholds on validation: f1 | pq | off
+    maxima_threshold: float = 0.1  # post-processing defaults (tuned values go to RUN/thresholds.json)
+    interior_threshold: float = 0.3
+    min_distance: int = 4
+    small_objects_threshold: int = 10
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as RUN/config.yaml."""
 
-    task: str = "semantic"
+    task: str = ""  # semantic | instance; "" = what the dataset's dataset.json says (else semantic)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
     version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,8 +149,11 @@ class Config:
 
     def validate(self) -> Config:
         """Check values that types alone cannot; returns self."""
-        if self.task not in TASKS:
+        if self.task and self.task not in TASKS:
             raise ConfigError(f"task: unknown task {self.task!r}; choices: {', '.join(TASKS)}")
+        if self.task and not self.train.monitor:
+            self.train.monitor = DEFAULT_MONITOR[self.task]
+        _check_instance(self.instance)
         choices = {
             "data.normalization": (self.data.normalization, ("percentile", "zscore", "none")),
             "train.optimizer": (self.train.optimizer, ("adam", "adamw")),
@@ -155,6 +188,26 @@ class Config:
                 f"tile {inference.tile}, batch_size {inference.batch_size}, overlap {inference.overlap}"
             )
         return self
+
+
+def _check_instance(instance: InstanceConfig) -> None:
+    if instance.alpha != "auto":
+        try:
+            alpha = float(instance.alpha)
+        except ValueError:
+            alpha = -1.0
+        if not alpha > 0:
+            raise ConfigError(f"instance.alpha: 'auto' or a positive number, got {instance.alpha!r}")
+    if instance.tune not in ("f1", "pq", "off"):
+        raise ConfigError(f"instance.tune: {instance.tune!r} is not one of f1, pq, off")
+    weights = [instance.inner_weight, instance.outer_weight, instance.fgbg_weight, instance.class_weight]
+    if min(weights) < 0 or instance.beta <= 0 or instance.erosion < 0:
+        raise ConfigError("instance: loss weights and erosion must be >= 0 and beta > 0")
+    if len(set(instance.classes)) != len(instance.classes):
+        raise ConfigError(f"instance.classes: duplicate names in {instance.classes}")
+    unknown = sorted(set(instance.differential) - set(instance.classes))
+    if unknown:
+        raise ConfigError(f"instance.differential: {unknown} are not instance.classes {instance.classes}")
 
 
 def _plain(value: Any) -> Any:

@@ -77,3 +77,50 @@ class DiceCELoss(nn.Module):
         inter = (probs * onehot).sum(dims)[self.first_dice_class :]
         denom = (probs.sum(dims) + onehot.sum(dims))[self.first_dice_class :]
         return (1.0 - (2.0 * inter + 1e-5) / (denom + 1e-5)).mean()
+
+
+class DeepWatershedLoss(nn.Module):
+    """Sum of per-head losses of a deep-watershed model (DeepCell's recipe).
+
+    MSE between the sigmoid of the distance heads and the inner/outer distance targets; cross-entropy
+    for foreground/background (and boundary) weighted by the batch's inverse class frequencies (DeepCell's
+    ``weighted_categorical_crossentropy``), so thin boundaries and sparse foreground still count; plain
+    cross-entropy of the type head on foreground pixels with a known type. Runs in float32.
+
+    Args:
+        layout: the :class:`~medseg.models.heads.HeadLayout` of the network's output channels.
+        weights: head name -> weight (missing heads weigh 1).
+
+    The target is ``(N, 4, H, W)`` float: inner distance, outer distance, fgbg class id, instance type id
+    (-1 where there is none: background, untyped or ignored).
+    """
+
+    def __init__(self, layout, weights: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.slices = layout.slices()
+        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in self.slices}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss for raw outputs ``(N, C, H, W)`` and the stacked targets ``(N, 4, H, W)``."""
+        return sum(self.terms(logits, target).values())
+
+    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each head's weighted loss."""
+        logits, target = logits.float(), target.float()
+        out = {}
+        for i, name in enumerate(("inner", "outer")):
+            if self.weights[name]:
+                pred = torch.sigmoid(logits[:, self.slices[name]][:, 0])
+                out[name] = self.weights[name] * F.mse_loss(pred, target[:, i])
+        if self.weights["fgbg"]:
+            fgbg = logits[:, self.slices["fgbg"]]
+            classes = target[:, 2].long()
+            counts = torch.bincount(classes.flatten(), minlength=fgbg.shape[1]).float()
+            weight = counts.sum() / (fgbg.shape[1] * counts.clamp(min=1))
+            out["fgbg"] = self.weights["fgbg"] * F.cross_entropy(fgbg, classes, weight=weight)
+        if "classes" in self.slices and self.weights["classes"]:
+            types = target[:, 3].long()
+            if bool((types >= 0).any()):
+                ce = F.cross_entropy(logits[:, self.slices["classes"]], types, ignore_index=-1)
+                out["classes"] = self.weights["classes"] * ce
+        return out

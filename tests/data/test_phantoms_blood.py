@@ -218,6 +218,7 @@ def test_write_blood_dataset_writes_the_nnunet_layout(tmp_path) -> None:
         "colors": {k: list(v) for k, v in BLOOD_COLORS.items()},
         "instances": "instancesTr",
         "instance_classes": ["red_cell", *WBC_TYPES],
+        "differential": list(WBC_TYPES),
         "source": "medseg phantom blood --n 2 --size 64 --seed 5",
     }
     for i, case in enumerate(["blood_000", "blood_001"]):

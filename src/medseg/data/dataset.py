@@ -7,6 +7,12 @@ Two layouts are read:
   ``labelsTr/CASE.png``;
 - a plain ``images/`` + ``masks/`` folder pair matched by file stem, with the class names given by the
   caller (``--classes background,cell``) since there is no dataset.json to hold them.
+
+Instance datasets (``"medseg": {"task": "instance"}`` in dataset.json) hold instance ids in ``labelsTr``
+(0 = background, any positive ids). A semantic dataset may carry instance labels beside its class masks
+(``"medseg": {"instances": "instancesTr"}``, as the blood phantom does). Either way a ``CASE.json`` sidecar
+next to the instance file may map instance ids to type names (``{"3": "neutrophil"}``), the types listed in
+``"medseg": {"instance_classes": [...]}``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Case:
     name: str
     images: tuple[Path, ...]
     label: Path | None = None
+    instances: Path | None = None  # instance ids (the label itself in an instance dataset)
 
 
 @dataclass
@@ -47,6 +54,9 @@ class Dataset:
     colors: dict[str, list[int]] = field(default_factory=dict)
     orphan_labels: list[Path] = field(default_factory=list)  # label files with no image
     ignore_label: int | None = None  # nnU-Net's "ignore" label value: pixels excluded from loss and metrics
+    task: str = "semantic"  # what dataset.json's "medseg" section says the labels are
+    instance_classes: list[str] = field(default_factory=list)  # instance type names (sidecar values)
+    differential: list[str] = field(default_factory=list)  # types a differential count is over
 
     @property
     def class_names(self) -> list[str]:
@@ -107,7 +117,11 @@ def _open_nnunet(root: Path) -> Dataset:
     channel_names = {
         str(k): str(v) for k, v in (meta.get("channel_names") or meta.get("modality") or {}).items()
     }
-    colors = (meta.get("medseg") or {}).get("colors") or {}
+    extra = meta.get("medseg") or {}
+    colors = extra.get("colors") or {}
+    task = extra.get("task") or "semantic"
+    if task not in ("semantic", "instance"):
+        raise DataError(f"{meta_path}: medseg.task must be 'semantic' or 'instance', got {task!r}")
     image_dir, label_dir = root / "imagesTr", root / "labelsTr"
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: folder not found")
@@ -123,12 +137,23 @@ def _open_nnunet(root: Path) -> Dataset:
         else:
             name, channel = file.stem, 0
         channels.setdefault(name, {})[channel] = file
+    if task == "instance":
+        instance_files = label_files
+    elif extra.get("instances"):
+        folder = root / str(extra["instances"])
+        instance_files = {f.stem: f for f in _files(folder, LABEL_SUFFIXES)} if folder.is_dir() else {}
+    else:
+        instance_files = {}
     cases = [
-        Case(name, tuple(files[c] for c in sorted(files)), label_files.get(name))
+        Case(name, tuple(files[c] for c in sorted(files)), label_files.get(name), instance_files.get(name))
         for name, files in sorted(channels.items())
     ]
     orphans = sorted(f for stem, f in label_files.items() if stem not in channels)
-    return Dataset(root, "nnunet", cases, labels, channel_names, colors, orphans, ignore_label)
+    types = [str(t) for t in extra.get("instance_classes") or []]
+    differential = [str(t) for t in extra.get("differential") or []]
+    return Dataset(
+        root, "nnunet", cases, labels, channel_names, colors, orphans, ignore_label, task, types, differential
+    )
 
 
 def _open_folders(root: Path, classes: Sequence[str] | None) -> Dataset:
@@ -177,6 +202,36 @@ def load_label(case: Case, image_shape: tuple[int, ...] | None = None) -> np.nda
             f"{case.label}: label is {_size(label)} but {case.images[0].name} is {_size(image_shape)}"
         )
     return label
+
+
+def load_instances(
+    case: Case, image_shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Read a case's instance ids ``(H, W)`` int32 and its id -> type sidecar (empty without one).
+
+    Raises:
+        DataError: no instance file, negative ids, a size that differs from ``image_shape``, or an
+            unreadable sidecar.
+    """
+    if case.instances is None:
+        raise DataError(f"{case.images[0]}: no instance label file for case {case.name!r}")
+    ids = read_label(case.instances)
+    if image_shape is not None and ids.shape[:2] != tuple(image_shape[:2]):
+        raise DataError(
+            f"{case.instances}: label is {_size(ids)} but {case.images[0].name} is {_size(image_shape)}"
+        )
+    if ids.min(initial=0) < 0:
+        raise DataError(f"{case.instances}: instance ids must be >= 0, found {int(ids.min())}")
+    sidecar = case.instances.with_suffix(".json")
+    types: dict[int, str] = {}
+    if sidecar.is_file():
+        try:
+            raw = json.loads(sidecar.read_text(encoding="utf-8"))
+            types = {int(k): str(v) for k, v in raw.items()}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{sidecar}: expected a JSON object of instance id -> type ({reason})") from None
+    return ids.astype(np.int32, copy=False), types
 
 
 def undeclared_values(
@@ -252,6 +307,7 @@ def check_dataset(
     channel_counts: Counter[int] = Counter()
     sizes: Counter[tuple[int, int]] = Counter()
     pixel_counts: Counter[int] = Counter()
+    objects: Counter[str] = Counter()  # instance type -> count ("" = untyped)
     for case in dataset.cases:
         if case.label is None:
             problems.append(f"{case.images[0]}: no label file for case {case.name!r}")
@@ -275,11 +331,16 @@ def check_dataset(
         except DataError as exc:
             problems.append(str(exc))
             continue
+        if dataset.task == "instance":
+            label = (label > 0).astype(np.int32)  # instance ids: count foreground, check the ids below
         values, counts = np.unique(label, return_counts=True)
         pixel_counts.update(dict(zip(values.tolist(), counts.tolist())))
         problem = label_values_error(case.label, label, dataset.labels, ignore_index)
         if problem:
             problems.append(problem)
+    for case in dataset.cases:
+        if case.instances is not None:
+            problems += _instance_problems(case, dataset, objects)
     if not expected_channels and len(channel_counts) > 1:
         common = channel_counts.most_common(1)[0][0]
         problems.append(
@@ -301,4 +362,32 @@ def check_dataset(
             for v in sorted(declared | set(pixel_counts))
         },
     }
+    if objects:
+        summary["task"] = dataset.task
+        summary["objects"] = dict(sorted(objects.items()))
     return CheckReport(problems, summary)
+
+
+def _instance_problems(case: Case, dataset: Dataset, objects: Counter[str]) -> list[str]:
+    """Check one case's instance ids and type sidecar, counting objects per type into ``objects``."""
+    try:
+        ids, types = load_instances(case)
+    except DataError as exc:
+        return [str(exc)]
+    present = set(np.unique(ids).tolist()) - {0}
+    problems = []
+    if types:
+        unknown = sorted({t for t in types.values() if t not in dataset.instance_classes})
+        if unknown:
+            problems.append(
+                f"{case.instances.with_suffix('.json')}: types {unknown} are not the dataset's "
+                f"instance_classes {dataset.instance_classes}"
+            )
+        untyped = sorted(present - set(types))
+        if untyped:
+            problems.append(
+                f"{case.instances.with_suffix('.json')}: instances {untyped[:5]} have no type"
+                + (f" ({len(untyped)} in all)" if len(untyped) > 5 else "")
+            )
+    objects.update(types.get(i, "") for i in present)
+    return problems

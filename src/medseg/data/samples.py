@@ -8,7 +8,7 @@ uninterrupted run would, whichever worker process builds them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ class PatchDataset:
         patch_size: ``(rows, cols)`` of each patch.
         augment_config: augmentation settings.
         pad_label: label value for padding when an image is smaller than the patch.
+        target_fn: ``target_fn(label_patch, case_index) -> (T, h, w) float32`` training targets made from
+            the augmented label patch (e.g. deep-watershed distance maps from instance ids); None = the
+            label patch itself.
     """
 
     def __init__(
@@ -34,6 +37,7 @@ class PatchDataset:
         augment_config: AugmentConfig,
         *,
         pad_label: int = 0,
+        target_fn: Callable[[np.ndarray, int], np.ndarray] | None = None,
     ) -> None:
         if len(images) != len(labels) or not images:
             raise ValueError("PatchDataset needs as many labels as images, and at least one")
@@ -42,18 +46,25 @@ class PatchDataset:
         self.patch_size = tuple(patch_size)
         self.augment_config = augment_config
         self.pad_label = pad_label
+        self.target_fn = target_fn
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """``key = (case_index, sample_seed)`` -> image ``(C, h, w)`` float32, label ``(h, w)`` int64."""
+        """``key = (case_index, sample_seed)`` -> image ``(C, h, w)`` float32, label ``(h, w)`` int64.
+
+        With ``target_fn`` the second item is its ``(T, h, w)`` float32 targets instead.
+        """
         index, seed = key
         rng = np.random.default_rng(seed)
         image, label = random_crop(
             self.images[index], self.labels[index], self.patch_size, rng, pad_value_mask=self.pad_label
         )
         image, label = augment(image, label, self.augment_config, rng)
+        if self.target_fn is not None:
+            target = self.target_fn(label, index)
+            return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target, np.float32)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.int64)
 
 

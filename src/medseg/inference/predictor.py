@@ -4,11 +4,13 @@
 (or ``last.pt``); the run folder needs nothing else. Images larger than ``inference.tile`` are predicted
 in overlapping tiles blended with a gaussian (:mod:`medseg.inference.sliding_window`); ``inference.tta``
 averages over flips and rotations. Both can be changed per call of :meth:`Predictor.predict`.
+``backend="onnxruntime"`` runs the run's ONNX export (``medseg export RUN``) instead of the torch module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,10 @@ from medseg.engine.checkpoint import load_checkpoint
 from medseg.engine.device import autocast, pick_device, use_bf16
 from medseg.errors import ConfigError, DataError, RunError
 from medseg.inference.sliding_window import sliding_window, with_flip_tta
+from medseg.models.heads import HeadLayout
 from medseg.transforms import normalize
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -28,12 +33,17 @@ class Prediction:
     """Result for one image.
 
     Attributes:
-        labels: ``(H, W)`` int32 class ids.
-        probabilities: ``(K, H, W)`` float32 softmax probabilities.
+        labels: ``(H, W)`` int32 class ids (semantic) or instance ids (instance task, 0 = background).
+        probabilities: ``(K, H, W)`` float32 softmax probabilities (semantic) or the activated head maps
+            (instance: see :class:`~medseg.models.heads.HeadLayout`).
+        types: instance task with typed instances: instance id -> type name; otherwise empty.
+        type_probabilities: instance id -> ``(K,)`` mean type probabilities over its pixels.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray
+    types: dict[int, str] = field(default_factory=dict)
+    type_probabilities: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class Predictor:
@@ -43,14 +53,36 @@ class Predictor:
         model: the network (put in eval mode here).
         config: the run's resolved config.
         device: where to run.
+        backend: ``torch`` runs ``model``; ``onnxruntime`` runs ``runtime`` (an exported copy of ``model``)
+            on the CPU. Only the network call differs: preprocessing, padding, tiling and TTA are shared.
+        runtime: the :class:`~medseg.inference.onnx.OnnxRuntimeBackend` for ``backend="onnxruntime"``.
+
+    Raises:
+        ConfigError: unknown ``backend``, or ``onnxruntime`` without a ``runtime``.
     """
 
-    def __init__(self, model: torch.nn.Module, config: Config, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Config,
+        device: torch.device | str = "cpu",
+        *,
+        backend: str = "torch",
+        runtime: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+        if (backend == "onnxruntime") != (runtime is not None):
+            raise ConfigError("backend: onnxruntime needs an exported model (Predictor.from_run loads it)")
+        self.backend = backend
+        self.runtime = runtime
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.divisor = int(getattr(model, "size_divisor", 1))
         self.bf16 = use_bf16(config.train.amp, self.device)
+        self.layout = HeadLayout.for_config(config)
+        self.watershed = watershed_params(config, run_dir=None)
 
     @classmethod
     def from_run(
@@ -60,38 +92,47 @@ class Predictor:
         checkpoint: str = "best",
         device: str = "auto",
         overrides: list[str] | None = None,
+        backend: str = "torch",
     ) -> Predictor:
         """Load a run folder.
 
         Args:
             run_dir: the run folder (``config.yaml`` + ``checkpoints/``).
             checkpoint: ``best`` (falls back to ``last``) or ``last``.
-            device: ``auto``, ``cpu`` or ``cuda``.
+            device: ``auto``, ``cpu`` or ``cuda`` (``onnxruntime`` runs on the CPU: ``auto`` means ``cpu``).
             overrides: ``--set`` style changes to the run's config, e.g. ``["inference.tta=true"]``.
+            backend: ``torch``, or ``onnxruntime`` to run ``RUN/export/model.onnx`` (written by
+                ``medseg export RUN``; never exported on the fly, so predicting writes nothing into the run).
 
         Raises:
-            RunError: the folder is not a run, or has no usable checkpoint.
+            RunError: the folder is not a run, has no usable checkpoint, or (``onnxruntime``) has no
+                export or one made from another checkpoint.
+            ConfigError: unknown ``backend``, or ``onnxruntime`` on ``cuda``.
         """
         from medseg.models import build_model
 
         run = Path(run_dir)
         config = load_run_config(run, overrides)
-        ckpt_dir = run / "checkpoints"
-        candidates = ["best.pt", "last.pt"] if checkpoint == "best" else [f"{checkpoint}.pt"]
-        path = next((ckpt_dir / c for c in candidates if (ckpt_dir / c).is_file()), None)
-        if path is None:
-            raise RunError(
-                f"{run}: no checkpoint in {ckpt_dir} (train it first: medseg train ... --out {run})"
-            )
+        path = find_checkpoint(run, checkpoint)
+        runtime = None
+        if backend == "onnxruntime":
+            from medseg.inference.onnx import EXPORT_DIR, load_export
+
+            if device not in ("auto", "cpu"):
+                raise ConfigError(f"--backend onnxruntime runs on the CPU; use --device cpu, not {device!r}")
+            device = "cpu"
+            runtime = load_export(run / EXPORT_DIR, checkpoint=path, rerun=f"medseg export {run}")
         state = load_checkpoint(path)
         model = build_model(
             config.model,
             in_channels=config.data.in_channels,
-            num_classes=len(config.data.labels),
+            num_classes=HeadLayout.for_config(config).channels,
             pretrained=False,
         )
         model.load_state_dict(state["model"])
-        return cls(model, config, pick_device(device))
+        predictor = cls(model, config, pick_device(device), backend=backend, runtime=runtime)
+        predictor.watershed = watershed_params(config, run_dir=run)
+        return predictor
 
     @property
     def class_names(self) -> list[str]:
@@ -122,8 +163,11 @@ class Predictor:
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             images = F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
-        with autocast(self.device, self.bf16):
-            out = self.model(images.to(self.device))
+        if self.runtime is not None:
+            out = self.runtime(images)
+        else:
+            with autocast(self.device, self.bf16):
+                out = self.model(images.to(self.device))
         return out[..., :height, :width].float()
 
     def tile_size(self, tile: int | None = None) -> int:
@@ -146,27 +190,89 @@ class Predictor:
             tile: tile size for images larger than it in either dimension, 0 = never tile;
                 None = ``inference.tile``.
         """
+        maps = self.predict_maps(image, source, tta=tta, tile=tile)
+        if self.config.task == "instance":
+            return self.instances_from_maps(maps)
+        return Prediction(labels=class_ids(maps), probabilities=maps)
+
+    @torch.inference_mode()
+    def predict_maps(
+        self, image: np.ndarray, source: str = "image", *, tta: bool | None = None, tile: int | None = None
+    ) -> np.ndarray:
+        """The network's activated output ``(C, H, W)`` float32 for one raw image (see :meth:`predict`).
+
+        Semantic runs: softmax probabilities. Instance runs: each head's activation (sigmoid distances,
+        softmax fgbg and types). Tiles and TTA passes are blended after activation.
+        """
         settings = self.config.inference
         tta = settings.tta if tta is None else tta
         tile = self.tile_size(tile)
         normalised = self.preprocess(image, source)
-        predict_tiles = with_flip_tta(self.logits) if tta else self.logits
+        activate = self.layout.activate
+        if tta:
+            predict_tiles = with_flip_tta(self.logits, activation=activate)
+        else:
+
+            def predict_tiles(batch: torch.Tensor) -> torch.Tensor:
+                return activate(self.logits(batch))
+
         height, width = normalised.shape[-2:]
         if tile and (height > tile or width > tile):
             # a dimension shorter than the tile needs no tiling: its tiles span it (padded to the divisor)
             shape = (min(tile, self.tile_size(height)), min(tile, self.tile_size(width)))
-            probs = sliding_window(
+            # instance maps are blended and then cut once, so no object is cut or doubled at a tile seam
+            return sliding_window(
                 normalised,
                 predict_tiles,
                 shape,
                 overlap=settings.overlap,
                 batch_size=settings.batch_size,
-                softmax=not tta,
+                softmax=False,
             )
-        else:
-            out = predict_tiles(torch.from_numpy(normalised)[None])
-            probs = (out if tta else torch.softmax(out, dim=1))[0].cpu().numpy()
-        return Prediction(labels=class_ids(probs), probabilities=probs)
+        return predict_tiles(torch.from_numpy(normalised)[None])[0].cpu().numpy()
+
+    def instances_from_maps(self, maps: np.ndarray, params=None) -> Prediction:
+        """Deep watershed on an instance run's activated maps ``(C, H, W)``, typing each object.
+
+        Args:
+            maps: output of :meth:`predict_maps`.
+            params: :class:`~medseg.postprocess.WatershedParams`; None = the run's (tuned) thresholds.
+        """
+        from medseg.postprocess import deep_watershed
+        from medseg.postprocess.objects import majority_types
+
+        heads = self.layout.split(maps)
+        params = params or self.watershed
+        instances = deep_watershed(heads["inner"], heads["outer"], heads["fgbg"][1], **params.to_dict())
+        names = self.config.instance.classes
+        mean_probs = majority_types(instances, heads.get("classes")) if names else {}
+        types = {i: names[int(p.argmax())] for i, p in mean_probs.items()}
+        return Prediction(instances, maps, types, mean_probs)
+
+
+def watershed_params(config: Config, run_dir: str | Path | None = None):
+    """The deep-watershed thresholds of a run: ``RUN/thresholds.json`` if tuned, else the config's."""
+    if config.task != "instance":
+        return None
+    import json
+
+    from medseg.postprocess import WatershedParams
+
+    inst = config.instance
+    params = WatershedParams(
+        maxima_threshold=inst.maxima_threshold,
+        interior_threshold=inst.interior_threshold,
+        min_distance=inst.min_distance,
+        small_objects_threshold=inst.small_objects_threshold,
+    )
+    path = Path(run_dir) / "thresholds.json" if run_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            tuned = json.loads(path.read_text(encoding="utf-8"))["params"]
+            params = WatershedParams.from_dict({**params.to_dict(), **tuned})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"{path}: unreadable tuned thresholds ({exc}); delete it for defaults") from None
+    return params
 
 
 def class_ids(probabilities: np.ndarray, rows: int = 256) -> np.ndarray:
@@ -178,6 +284,21 @@ def class_ids(probabilities: np.ndarray, rows: int = 256) -> np.ndarray:
     for top in range(0, labels.shape[0], rows):
         labels[top : top + rows] = probabilities[:, top : top + rows].argmax(0)
     return labels
+
+
+def find_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file ``Predictor.from_run`` loads: ``best`` (falling back to ``last``) or ``last``.
+
+    Raises:
+        RunError: no such checkpoint in ``RUN/checkpoints``.
+    """
+    run = Path(run_dir)
+    ckpt_dir = run / "checkpoints"
+    candidates = ["best.pt", "last.pt"] if checkpoint == "best" else [f"{checkpoint}.pt"]
+    path = next((ckpt_dir / c for c in candidates if (ckpt_dir / c).is_file()), None)
+    if path is None:
+        raise RunError(f"{run}: no checkpoint in {ckpt_dir} (train it first: medseg train ... --out {run})")
+    return path
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

@@ -141,13 +141,24 @@ def _summed_weights(size: int, starts: list[int], weights: np.ndarray) -> np.nda
     return total
 
 
-def with_flip_tta(predictor: TilePredictor, *, rotations: bool = True) -> TilePredictor:
-    """Wrap a tile predictor to average its softmax over flips (and 90° rotations of square tiles).
+def with_flip_tta(
+    predictor: TilePredictor,
+    *,
+    rotations: bool = True,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> TilePredictor:
+    """Wrap a tile predictor to average its activated output over flips (and 90° rotations of square tiles).
 
-    The returned callable maps ``(N, C, h, w)`` images to ``(N, K, h, w)`` float32 probabilities, so pass
-    ``softmax=False`` when it feeds :func:`sliding_window`. Flips: none, rows, columns, both (4 passes);
-    square inputs with ``rotations`` also get the transposes, i.e. all 8 flips and 90° rotations.
+    The returned callable maps ``(N, C, h, w)`` images to ``(N, K, h, w)`` float32 activated maps (softmax
+    probabilities by default), so pass ``softmax=False`` when it feeds :func:`sliding_window`. Flips: none,
+    rows, columns, both (4 passes); square inputs with ``rotations`` also get the transposes, i.e. all 8
+    flips and 90° rotations. Averaging is right for any output that flips with the image: probabilities,
+    and distance maps alike.
     """
+    if activation is None:
+
+        def activation(logits: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(logits.float(), dim=1)
 
     def augmented(images: torch.Tensor) -> torch.Tensor:
         square = rotations and images.shape[-1] == images.shape[-2]
@@ -157,7 +168,7 @@ def with_flip_tta(predictor: TilePredictor, *, rotations: bool = True) -> TilePr
             for dims in ((), (-2,), (-1,), (-2, -1)):
                 view = images.transpose(-2, -1) if transpose else images
                 view = torch.flip(view, dims) if dims else view
-                probs = torch.softmax(predictor(view).float(), dim=1)
+                probs = activation(predictor(view))
                 probs = torch.flip(probs, dims) if dims else probs
                 probs = probs.transpose(-2, -1) if transpose else probs
                 total = probs if total is None else total + probs

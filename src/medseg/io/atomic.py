@@ -60,10 +60,12 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n")
 
 
-def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` as CSV atomically: columns in first-seen order, floats to 6 significant digits,
-    NaN as an empty cell."""
-    columns: list[str] = []
+def write_csv_atomic(
+    path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] = ()
+) -> None:
+    """Write ``rows`` as CSV atomically: columns in first-seen order (after ``fieldnames``, which also
+    give an empty table its header), floats to 6 significant digits, NaN as an empty cell."""
+    columns: list[str] = list(fieldnames)
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()

@@ -84,6 +84,20 @@ def describe_model(name: str) -> str:
     return MODELS.describe(name)
 
 
+def create_classifier(name: str, **kwargs: Any):
+    """Build a registered image classifier; see :func:`medseg.models.classifiers.create_classifier`."""
+    from medseg.models.classifiers import create_classifier as create
+
+    return create(name, **kwargs)
+
+
+def list_classifiers(pattern: str = "*") -> list[str]:
+    """Registered classifier names matching a shell-style pattern."""
+    from medseg.models.classifiers import list_classifiers as names
+
+    return names(pattern)
+
+
 def _register_builtin() -> None:
     # Imported on first use so that `import medseg.models` stays cheap until a model is needed.
     from medseg.models import attention_unet, segformer, unet  # noqa: F401

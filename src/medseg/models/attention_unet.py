@@ -107,6 +107,8 @@ class AttentionUNet(nn.Module):
         attention_loss_weight: weight of the gate-vs-foreground BCE (``srm``).
     """
 
+    cam_layer = "decoder.1"  # default Grad-CAM layer: the decoder stage at 1/2 resolution
+
     def __init__(
         self,
         in_channels: int,

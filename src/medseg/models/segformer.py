@@ -98,6 +98,7 @@ class SegFormer(nn.Module):
     """
 
     size_divisor = 32
+    cam_layer = "decode_head.linear_fuse"  # default Grad-CAM layer: the fused multi-scale features
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()

@@ -35,6 +35,7 @@ def _unet(
         dropout=dropout,
     )
     model.size_divisor = 2 ** (len(channels) - 1)
+    model.cam_layer = "model" + ".1.submodule" * (len(channels) - 1)  # Grad-CAM layer: the bottleneck
     # Set through __dict__ so the shared blocks are not registered twice (no duplicate state_dict keys).
     model.__dict__["encoder"] = _encoder_blocks(model)
     return model

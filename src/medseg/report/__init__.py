@@ -7,18 +7,23 @@ from medseg.report.gif import snapshot_frame, write_gif
 from medseg.report.html import SECTIONS, RunFolder, Section, build_report
 from medseg.report.overlays import (
     ERROR_COLORS,
+    MATCH_COLORS,
     class_colors,
     color_overlay,
     comparison_panel,
     default_colors,
     error_overlay,
     image_to_rgb8,
+    instance_overlay,
+    instance_panel,
     legend_image,
+    match_overlay,
 )
 from medseg.report.plots import plot_per_class_bars, plot_training_curves, read_metrics_csv
 
 __all__ = [
     "ERROR_COLORS",
+    "MATCH_COLORS",
     "SECTIONS",
     "RunFolder",
     "Section",
@@ -29,7 +34,10 @@ __all__ = [
     "default_colors",
     "error_overlay",
     "image_to_rgb8",
+    "instance_overlay",
+    "instance_panel",
     "legend_image",
+    "match_overlay",
     "plot_per_class_bars",
     "plot_training_curves",
     "read_metrics_csv",

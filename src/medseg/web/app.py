@@ -6,6 +6,9 @@ are safe. Uploads are read into memory, size-limited while they stream in, and d
 image goes through :func:`medseg.workflows.predict.segment_image`, the step ``medseg predict`` uses, so
 the app and the command line give identical masks. Results are kept in a small in-memory cache under a
 random id for the download links.
+
+Instance runs (deep watershed) answer object counts per type, the differential count over the run's
+``instance.differential`` types and a CSV of objects besides the instance-id mask.
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ DOWNLOADS = {
     "mask.tif": ("image/tiff", "mask_tiff"),
     "overlay.png": ("image/png", "overlay_png"),
     "counts.csv": ("text/csv; charset=utf-8", "counts_csv"),
+    "objects.csv": ("text/csv; charset=utf-8", "objects_csv"),
 }
+INSTANCE_ONLY = frozenset({"objects.csv"})
+_PNG_MAX_ID = 65535  # 16-bit PNG; instance masks with more objects are offered as TIFF only
+# The colour layer of instance runs: fills translucent, outlines opaque and darker, so touching objects
+# of one type stay apart however the page's opacity slider is set.
+_FILL_ALPHA = 190
+_OUTLINE_SHADE = 0.55
 _CACHED_RESULTS = 32
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the model field, on top of the file itself
 _PAGE_CSP = (
@@ -159,7 +169,11 @@ def create_app(
 
     @app.get("/api/models", summary="The served models and the upload limits")
     def list_models() -> dict[str, Any]:
-        """Each model's name, task, architecture, input channels and classes (id, name, colour)."""
+        """Each model's name, task, architecture, input channels and classes (id, name, colour).
+
+        Instance models list their instance types as `classes` (id 0 = background; an untyped model has
+        one `objects` class), with `typed` and the `differential` types their percentages are over.
+        """
         return {
             "default": next(iter(models)),
             "models": [_describe(model) for model in models.values()],
@@ -185,7 +199,17 @@ def create_app(
         Answers the image size, per-class pixel counts and fractions (`classes`), the original as an
         8-bit PNG, the label mask (PNG, class ids), the overlay (PNG, as `medseg predict` writes it) and a
         colour layer (RGBA PNG, background transparent), all base64, plus download links for the mask
-        (PNG, TIFF), the overlay and a CSV of the counts, valid for the last 32 results.
+        (PNG, TIFF), the overlay and a CSV of the counts, valid for the last 32 results (`downloads` lists
+        the ones this result has).
+
+        Instance runs (`task` `instance`): the mask holds instance ids (16-bit PNG; beyond 65,535
+        objects only the TIFF, and `mask_png_base64` is null), `classes` are the instance types with the
+        pixels their objects cover, and the answer adds `objects` (how many), `counts` (rows `class`,
+        `count`, `percent`: one per type, then `total`; `percent` is the share among the `differential`
+        types, e.g. a differential white-cell count, and "" for other rows), `differential`, `typed`,
+        and an `objects_csv` download (one row per object: label, class, area, centroid_y, centroid_x,
+        mean_intensity, eccentricity). In the colour layer each object has its type's colour (untyped:
+        a colour per object) and a darker, opaque outline.
         """
         served = _pick_model(models, model)
         data = file.file.read(max_bytes + 1)
@@ -199,14 +223,18 @@ def create_app(
         result = segment_image(served, image, label)
         from medseg.report import image_to_rgb8
 
-        colors = [c.color for c in result.classes]
-        layer = np.zeros((*result.labels.shape, 4), np.uint8)
-        layer[..., :3] = np.asarray(colors, np.uint8)[result.labels]
-        layer[..., 3] = np.where(result.labels > 0, 255, 0)
-        mask_png, overlay_png = _png(result.mask), _png(result.overlay)
-        result_id = results.put(label, served.name, result, mask_png=mask_png, overlay_png=overlay_png)
+        mask = result.mask
+        mask_png = _png(mask) if int(mask.max(initial=0)) <= _PNG_MAX_ID else None
+        overlay_png = _png(result.overlay)
+        entry = _Result(label, served.name, result, mask_png, overlay_png)
+        result_id = results.put(entry)
         height, width = result.labels.shape
-        return {
+        downloads = {
+            key: f"/api/results/{result_id}/{name}"
+            for name, (_, key) in DOWNLOADS.items()
+            if entry.unavailable(name) is None
+        }
+        answer = {
             "id": result_id,
             "model": served.name,
             "task": served.config.task,
@@ -227,20 +255,33 @@ def create_app(
             ],
             "seconds": round(time.perf_counter() - started, 4),
             "image_png_base64": _b64(_png(image_to_rgb8(image))),
-            "mask_png_base64": _b64(mask_png),
+            "mask_png_base64": _b64(mask_png) if mask_png is not None else None,
             "overlay_png_base64": _b64(overlay_png),
-            "color_mask_png_base64": _b64(_png(layer)),
-            "downloads": {key: f"/api/results/{result_id}/{name}" for name, (_, key) in DOWNLOADS.items()},
+            "color_mask_png_base64": _b64(_png(color_layer(result))),
+            "downloads": downloads,
         }
+        if result.instances:
+            instance = served.config.instance
+            answer.update(
+                objects=len(result.objects),
+                counts=result.counts,
+                differential=list(instance.differential),
+                typed=bool(instance.classes),
+            )
+        return answer
 
     @app.get("/api/results/{result_id}/{name}", summary="Download a result file")
     def download(result_id: str, name: str) -> Response:
-        """`mask.png`, `mask.tif` (class ids), `overlay.png` or `counts.csv` of a recent result."""
+        """`mask.png`, `mask.tif` (class or instance ids), `overlay.png`, `counts.csv` of a recent result,
+        or `objects.csv` (one row per object) of an instance run's result."""
         if name not in DOWNLOADS:
             raise HTTPException(404, f"no download {name!r}; choose one of {', '.join(DOWNLOADS)}")
         entry = results.get(result_id)
         if entry is None:
             raise HTTPException(404, "this result has expired; segment the image again")
+        unavailable = entry.unavailable(name)
+        if unavailable:
+            raise HTTPException(404, unavailable)
         media_type, _ = DOWNLOADS[name]
         stem = re.sub(r"\.[A-Za-z0-9]{1,5}$", "", entry.label) or "image"
         return Response(
@@ -312,18 +353,73 @@ def _pick_model(models: dict[str, ServedModel], name: str | None) -> ServedModel
 
 
 def _describe(model: ServedModel) -> dict[str, Any]:
+    """A model for ``/api/models``; an instance model's classes are its instance types."""
     from medseg.report import class_colors
+    from medseg.workflows.predict import type_colors
 
-    data = model.config.data
-    colors = class_colors(data.labels, data.colors)
+    config = model.config
+    data = config.data
+    extra: dict[str, Any] = {}
+    if config.task == "instance":
+        types = list(config.instance.classes) or ["objects"]
+        names = ["background", *types]
+        colors = type_colors(types, data.colors)
+        extra = {"typed": bool(config.instance.classes), "differential": list(config.instance.differential)}
+    else:
+        names = data.class_names
+        colors = class_colors(data.labels, data.colors)
     return {
         "name": model.name,
-        "task": model.config.task,
-        "architecture": model.config.model.name,
+        "task": config.task,
+        "architecture": config.model.name,
         "in_channels": data.in_channels,
-        "classes": [{"id": i, "name": n, "color": _hex(colors[i])} for i, n in enumerate(data.class_names)],
+        "classes": [{"id": i, "name": n, "color": _hex(colors[i])} for i, n in enumerate(names)],
+        **extra,
         "report_url": f"/report/{model.name}",
     }
+
+
+def color_layer(result: Any) -> np.ndarray:
+    """The page's colour layer of a segmentation, drawn over the original with an opacity slider.
+
+    Semantic results: each pixel in its class colour, opaque. Instance results: each object filled in its
+    type's colour (untyped objects: a colour per object, as in the overlay) at ``_FILL_ALPHA``, with an
+    opaque outline in a darker shade of that colour, so touching objects stay apart.
+
+    Args:
+        result: a :class:`medseg.workflows.predict.Segmentation`.
+
+    Returns:
+        ``(H, W, 4)`` uint8 RGBA; background fully transparent.
+    """
+    labels = result.labels
+    layer = np.zeros((*labels.shape, 4), np.uint8)
+    if not result.instances:
+        colors = np.asarray([c.color for c in result.classes], np.uint8).reshape(-1, 3)
+        layer[..., :3] = colors[labels]
+        layer[..., 3] = np.where(labels > 0, 255, 0)
+        return layer
+    from skimage.segmentation import find_boundaries
+
+    from medseg.report.overlays import instance_colors
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return layer
+    table = instance_colors(ids)
+    type_color = {c.name: c.color for c in result.classes[1:]}
+    for row in result.objects:
+        if row["class"] in type_color:
+            table[np.searchsorted(ids, row["label"])] = type_color[row["class"]]
+    foreground = labels > 0
+    rgb = table[np.searchsorted(ids, labels[foreground])]
+    layer[foreground, :3] = rgb
+    layer[foreground, 3] = _FILL_ALPHA
+    edges = find_boundaries(labels, mode="inner") & foreground
+    layer[edges, :3] = np.round(table[np.searchsorted(ids, labels[edges])] * _OUTLINE_SHADE).astype(np.uint8)
+    layer[edges, 3] = 255
+    return layer
 
 
 def _safe_name(filename: str | None) -> str:
@@ -358,11 +454,20 @@ class _Result:
     label: str
     model: str
     segmentation: Any  # medseg.workflows.predict.Segmentation
-    mask_png: bytes
+    mask_png: bytes | None  # None: instance ids beyond 16 bits
     overlay_png: bytes
 
+    def unavailable(self, name: str) -> str | None:
+        """Why download ``name`` does not exist for this result, or None when it does."""
+        if name in INSTANCE_ONLY and not self.segmentation.instances:
+            return f"{name}: {self.model} is not an instance model, so its results have no objects"
+        if name == "mask.png" and self.mask_png is None:
+            return f"mask.png: more than {_PNG_MAX_ID:,} objects do not fit a 16-bit PNG; take mask.tif"
+        return None
+
     def file(self, name: str) -> bytes:
-        if name == "mask.png":
+        """The bytes of download ``name`` (one of :data:`DOWNLOADS` that is not :meth:`unavailable`)."""
+        if name == "mask.png" and self.mask_png is not None:
             return self.mask_png
         if name == "overlay.png":
             return self.overlay_png
@@ -373,9 +478,20 @@ class _Result:
             tifffile.imwrite(buffer, self.segmentation.mask, compression="zlib", metadata={"axes": "YX"})
             return buffer.getvalue()
         text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["class_id", "class", "pixels", "fraction"])
-        writer.writerows((c.id, c.name, c.pixels, f"{c.fraction:.6f}") for c in self.segmentation.classes)
+        if name == "objects.csv":
+            from medseg.postprocess.objects import OBJECT_COLUMNS
+
+            writer = csv.DictWriter(text, fieldnames=OBJECT_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.segmentation.objects)
+        elif self.segmentation.instances:
+            writer = csv.DictWriter(text, fieldnames=["class", "count", "percent"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.segmentation.counts)
+        else:
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(["class_id", "class", "pixels", "fraction"])
+            writer.writerows((c.id, c.name, c.pixels, f"{c.fraction:.6f}") for c in self.segmentation.classes)
         return text.getvalue().encode("utf-8")
 
 
@@ -387,10 +503,10 @@ class _ResultCache:
         self._items: OrderedDict[str, _Result] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, label: str, model: str, segmentation: Any, *, mask_png: bytes, overlay_png: bytes) -> str:
+    def put(self, entry: _Result) -> str:
         key = secrets.token_urlsafe(16)
         with self._lock:
-            self._items[key] = _Result(label, model, segmentation, mask_png, overlay_png)
+            self._items[key] = entry
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return key

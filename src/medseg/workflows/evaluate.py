@@ -49,7 +49,8 @@ def evaluate(
     data = open_dataset(data_path, classes=predictor.class_names)
     if data.labels != config.data.labels:
         raise DataError(f"{data_path}: classes {data.labels} differ from the run's {config.data.labels}")
-    names = [c.name for c in data.cases if c.label is not None]
+    key = "instances" if config.task == "instance" else "label"
+    names = [c.name for c in data.cases if getattr(c, key) is not None]
     same_dataset = data_path.resolve() == Path(config.data.path).resolve()
     if split == "auto":
         split = "val" if same_dataset else "all"
@@ -63,6 +64,8 @@ def evaluate(
     if not names:
         raise DataError(f"{data_path}: no labelled cases to evaluate (split {split})")
 
+    if config.task == "instance":
+        return _evaluate_instances(run, predictor, data, names, split, data_path)
     class_names = predictor.class_names
     ignore = config.data.ignore_index
     metrics = SemanticMetrics(len(class_names), spacing=spacing)
@@ -128,3 +131,96 @@ def _write_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -
             caption = f"{row['case']}   mean dice {row['mean_dice']:.3f}"
             panel = comparison_panel(image, truth, pred, colors, caption=caption)
             write_image(folder / f"{tag}_{rank}_{row['case']}.png", panel)
+
+
+def _evaluate_instances(run: Path, predictor, data, names: list[str], split: str, data_path: Path) -> dict:
+    """Instance metrics per image and pooled, count errors, type accuracy, and match overlays."""
+    from tqdm.auto import tqdm
+
+    from medseg.data.dataset import load_instances
+    from medseg.metrics.instance import aggregate_instance_metrics, instance_metrics, match_instances
+    from medseg.workflows.instance import matched_pairs
+
+    inst = predictor.config.instance
+    group = set(inst.differential)
+    rows, results = [], []
+    typed_correct = typed_scored = 0
+    for name in tqdm(names, desc="evaluate", unit="image", disable=None, leave=False):
+        case = data.case(name)
+        image = load_image(case)
+        truth, true_types = load_instances(case, image.shape)
+        prediction = predictor.predict(image, str(case.images[0]))
+        scores = instance_metrics(truth, prediction.labels)
+        results.append(scores)
+        row: dict[str, Any] = {"case": name, **{k: v for k, v in scores.items() if np.isscalar(v)}}
+        row.pop("iou_sum")  # pooling sums, not per-image results
+        for key in [k for k in row if k.startswith("aji_") and k.endswith(("_intersection", "_union"))]:
+            row.pop(key)
+        n_true, n_pred = int(scores["n_true"]), int(scores["n_pred"])
+        row["count_error"] = n_pred - n_true
+        row["count_relative_error"] = (n_pred - n_true) / n_true if n_true else float("nan")
+        if inst.classes:
+            pairs = matched_pairs(match_instances(truth, prediction.labels, thresh=0.5))
+            scored = [(true_types.get(t), prediction.types.get(p)) for t, p in pairs if t in true_types]
+            correct = sum(a == b for a, b in scored)
+            typed_correct, typed_scored = typed_correct + correct, typed_scored + len(scored)
+            row["type_accuracy"] = correct / len(scored) if scored else float("nan")
+            if group:
+                present = set(np.unique(truth).tolist()) - {0}
+                true_group = sum(true_types.get(i) in group for i in present)
+                pred_group = sum(t in group for t in prediction.types.values())
+                row["differential_count_true"] = true_group
+                row["differential_count_pred"] = pred_group
+                row["differential_count_exact"] = int(true_group == pred_group)
+        rows.append(row)
+
+    pooled = aggregate_instance_metrics(results)
+    summary: dict[str, Any] = {
+        "dataset": str(data_path.resolve()),
+        "split": split,
+        "task": "instance",
+        "num_images": len(rows),
+        "pooled": pooled,
+        "count_exact_fraction": float(np.mean([r["count_error"] == 0 for r in rows])),
+        "mean_absolute_count_error": float(np.mean([abs(r["count_error"]) for r in rows])),
+    }
+    if inst.classes:
+        summary["type_accuracy"] = typed_correct / typed_scored if typed_scored else float("nan")
+        if group:
+            summary["differential_count_exact_fraction"] = float(
+                np.mean([r["differential_count_exact"] for r in rows])
+            )
+    eval_dir = run / "eval"
+    write_json_atomic(eval_dir / "metrics.json", summary)
+    write_csv_atomic(eval_dir / "per_image.csv", rows)
+    _write_instance_overlays(eval_dir / "overlays", predictor, data, rows)
+    return summary
+
+
+def _write_instance_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -> None:
+    """Object-level panels (matched green, false positives red, misses yellow) of the worst and best cases
+    by F1 at IoU 0.5."""
+    from medseg.data.dataset import load_instances
+    from medseg.metrics.instance import match_instances
+    from medseg.report import instance_panel
+    from medseg.workflows.instance import matched_pairs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    ranked = sorted(rows, key=lambda r: (np.nan_to_num(r["f1@0.5"], nan=-1.0), r["case"]))
+    worst = ranked[:N_OVERLAYS]
+    best = [r for r in ranked[::-1][:N_OVERLAYS] if r not in worst]
+    for tag, picked in (("worst", worst), ("best", best)):
+        for rank, row in enumerate(picked, 1):
+            case = data.case(row["case"])
+            image = load_image(case)
+            truth, _ = load_instances(case, image.shape)
+            pred = predictor.predict(image, str(case.images[0])).labels
+            pairs = matched_pairs(match_instances(truth, pred, thresh=0.5))
+            found = f"objects {row['n_true']} true / {row['n_pred']} found"
+            caption = f"{row['case']}   F1 {row['f1@0.5']:.3f}   {found}"
+            write_image(
+                folder / f"{tag}_{rank}_{row['case']}.png",
+                instance_panel(image, truth, pred, pairs, caption=caption),
+            )

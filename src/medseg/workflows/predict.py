@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,18 +41,30 @@ class Segmentation:
     """Everything ``medseg predict`` and the web app show for one image.
 
     Attributes:
-        labels: ``(H, W)`` int32 class ids, the input's size.
-        overlay: ``(H, W, 3)`` uint8 RGB, the classes' colours blended over the image.
-        classes: one :class:`ClassCount` per class, in id order (background included).
+        labels: ``(H, W)`` int32 class ids (instance runs: instance ids), the input's size.
+        overlay: ``(H, W, 3)`` uint8 RGB, the classes' colours blended over the image (instance runs: each
+            object filled and outlined, in its type's colour when typed).
+        classes: one :class:`ClassCount` per class, in id order (background included); instance runs: per
+            type (untyped: one ``objects`` class), counting the pixels of its objects.
+        instances: whether ``labels`` are instance ids.
+        objects: instance runs: one row per object (:func:`medseg.postprocess.objects.object_table`).
+        counts: instance runs: objects per type with differential percentages
+            (:func:`medseg.postprocess.objects.count_objects`).
     """
 
     labels: np.ndarray
     overlay: np.ndarray
     classes: list[ClassCount]
+    instances: bool = False
+    objects: list[dict] = field(default_factory=list)
+    counts: list[dict] = field(default_factory=list)
 
     @property
     def mask(self) -> np.ndarray:
-        """``(H, W)`` label mask as stored on disk: uint8, or uint16 with 256 classes or more."""
+        """``(H, W)`` label mask as stored on disk: class ids as uint8 (uint16 with 256 classes or more);
+        instance ids as uint16, or int32 beyond 65,535 objects."""
+        if self.instances:
+            return self.labels.astype(np.uint16 if self.labels.max(initial=0) < 2**16 else np.int32)
         return self.labels.astype(np.uint8 if len(self.classes) < 256 else np.uint16)
 
 
@@ -71,6 +83,8 @@ def segment_image(predictor: Predictor, image: np.ndarray, source: str = "image"
     """
     from medseg.report import class_colors, color_overlay
 
+    if predictor.config.task == "instance":
+        return _segment_instances(predictor, image, source)
     data = predictor.config.data
     names = data.class_names
     colors = class_colors(data.labels, data.colors)
@@ -81,6 +95,45 @@ def segment_image(predictor: Predictor, image: np.ndarray, source: str = "image"
         for i, name in enumerate(names)
     ]
     return Segmentation(labels=labels, overlay=color_overlay(image, labels, colors), classes=classes)
+
+
+def type_colors(names: Sequence[str], colors: dict | None = None) -> list[tuple[int, int, int]]:
+    """Display colours of instance types, index 0 = background: a configured colour by name, else the
+    palette."""
+    from medseg.report import class_colors
+
+    return class_colors({"background": 0, **{n: i + 1 for i, n in enumerate(names)}}, colors or {})
+
+
+def _segment_instances(predictor: Predictor, image: np.ndarray, source: str) -> Segmentation:
+    from medseg.postprocess.objects import count_objects, object_table
+    from medseg.report import instance_overlay
+
+    inst = predictor.config.instance
+    prediction = predictor.predict(image, source)
+    instances = prediction.labels
+    names = list(inst.classes) or ["objects"]
+    palette = type_colors(names, predictor.config.data.colors)
+    index = {name: i + 1 for i, name in enumerate(names)}
+    by_id = {i: palette[index[t]] for i, t in prediction.types.items()} if inst.classes else None
+    objects = object_table(instances, image, prediction.types)
+    type_of = np.zeros(int(instances.max(initial=0)) + 1, np.int64)
+    for row in objects:
+        type_of[row["label"]] = index.get(row["class"] or "objects", 0)
+    pixels = np.bincount(type_of[instances].ravel(), minlength=len(names) + 1)
+    classes = [
+        ClassCount(i, name, palette[i], int(pixels[i]), float(pixels[i] / instances.size))
+        for i, name in enumerate(["background", *names])
+    ]
+    counts = count_objects([row["class"] for row in objects], inst.classes, inst.differential)
+    return Segmentation(
+        labels=instances,
+        overlay=instance_overlay(image, instances, colors=by_id),
+        classes=classes,
+        instances=True,
+        objects=objects,
+        counts=counts,
+    )
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -113,23 +166,29 @@ def predict(
     inputs: Sequence[str | Path],
     out: str | Path,
     *,
-    mask_format: str = "png",
+    mask_format: str | None = None,
     device: str = "auto",
     overrides: Sequence[str] = (),
+    backend: str = "torch",
 ) -> Path:
     """Segment images and write ``masks/``, ``overlays/`` and ``summary.csv`` under ``out``.
 
     Masks have the input's size and hold class ids (PNG, or TIFF with ``mask_format="tif"``); overlays
     show the classes in the run's colours; ``summary.csv`` has each file's size and per-class pixel
-    fractions. A file that cannot be read is reported and skipped; the others are still written.
+    fractions. Instance runs write instance-id masks (TIFF by default), overlays with every object
+    outlined, ``objects.csv`` (one row per object: image, label, class, area, centroid, mean intensity,
+    eccentricity) and ``counts.csv`` (per image and class: count, and the percentage among the run's
+    ``instance.differential`` types, e.g. a differential white-cell count). A file that cannot be read
+    is reported and skipped; the others are still written.
 
     Args:
         run_dir: the run folder.
         inputs: image files or folders.
         out: output folder.
-        mask_format: ``png`` or ``tif``.
+        mask_format: ``png`` or ``tif``; None = png (semantic) or tif (instance).
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: ``--set`` changes to the run's inference settings, e.g. ``inference.tta=true``.
+        backend: ``torch``, or ``onnxruntime`` to run ``RUN/export`` (written by ``medseg export RUN``).
 
     Returns:
         The path of ``summary.csv``.
@@ -139,13 +198,15 @@ def predict(
     """
     from medseg.inference.predictor import Predictor
 
-    if mask_format not in ("png", "tif"):
+    if mask_format not in (None, "png", "tif"):
         raise DataError(f"--format: {mask_format!r} is not png or tif")
     files = collect_inputs(inputs)
-    predictor = Predictor.from_run(run_dir, device=device, overrides=list(overrides))
+    predictor = Predictor.from_run(run_dir, device=device, overrides=list(overrides), backend=backend)
+    instance = predictor.config.task == "instance"
+    mask_format = mask_format or ("tif" if instance else "png")
     out = Path(out)
     stems = _unique_stems(files)
-    rows, problems = [], []
+    rows, problems, objects, counts = [], [], [], []
     from tqdm.auto import tqdm
 
     for path, stem in tqdm(list(zip(files, stems)), desc="predict", unit="image", disable=None, leave=False):
@@ -162,11 +223,20 @@ def predict(
             "height": result.labels.shape[0],
             "width": result.labels.shape[1],
         }
+        if instance:
+            row["objects"] = len(result.objects)
+            objects += [{"image": stem, **o} for o in result.objects]
+            counts += [{"image": stem, **c} for c in result.counts]
         row.update({f"fraction_{c.name}": c.fraction for c in result.classes})
         rows.append(row)
     summary = out / "summary.csv"
     if rows:
         write_csv_atomic(summary, rows)
+    if instance and rows:
+        from medseg.postprocess.objects import OBJECT_COLUMNS
+
+        write_csv_atomic(out / "objects.csv", objects, fieldnames=["image", *OBJECT_COLUMNS])
+        write_csv_atomic(out / "counts.csv", counts)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {out}")

@@ -45,12 +45,26 @@ class Snapshots(Callback):
         predictor = Predictor(trainer.model, self.config, trainer.device)
         predictor.bf16 = trainer.bf16
         with torch.inference_mode():
-            pred = predictor.logits(torch.from_numpy(self.image)[None]).argmax(1)[0].cpu().numpy()
+            logits = predictor.logits(torch.from_numpy(self.image)[None])
         trainer.model.train()
-        frame = snapshot_frame(
-            self.display, self.label, pred, self.colors, epoch=trainer.state.epoch, score=logs.get("val_dice")
-        )
+        if self.config.task == "instance":
+            frame = self._instance_frame(predictor, logits, trainer.state.epoch, logs.get("val_f1"))
+        else:
+            pred = logits.argmax(1)[0].cpu().numpy()
+            epoch, score = trainer.state.epoch, logs.get("val_dice")
+            frame = snapshot_frame(self.display, self.label, pred, self.colors, epoch=epoch, score=score)
         write_image(self.folder / f"epoch_{trainer.state.epoch:03d}.png", frame)
+
+    def _instance_frame(self, predictor, logits, epoch: int, score: float | None) -> np.ndarray:
+        from medseg.metrics.instance import match_instances
+        from medseg.report import instance_panel
+        from medseg.workflows.instance import matched_pairs
+
+        maps = predictor.layout.activate(logits)[0].cpu().numpy()
+        pred = predictor.instances_from_maps(maps).labels
+        caption = f"epoch {epoch}" + (f"  val F1 {score:.2f}" if score is not None else "")
+        pairs = matched_pairs(match_instances(self.label, pred, thresh=0.5))
+        return instance_panel(self.display, self.label, pred, pairs, caption=caption)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         # Built once at the end (from the PNGs, so a resumed run includes the epochs before the

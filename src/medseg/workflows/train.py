@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,7 @@ def train(
     config.validate()
     splits = _load_or_make_split(run, data, config, resume)
     val_cases = splits["val"]
-    images, labels = _load_cases(data, splits["train"] + val_cases, config)
+    images, labels, types = _load_cases(data, splits["train"] + val_cases, config)
     n_train = len(splits["train"])
     train_images, train_labels = images[:n_train], labels[:n_train]
     val_images, val_labels = images[n_train:], labels[n_train:]
@@ -80,7 +80,9 @@ def train(
 
     device = pick_device(device)
     seed_everything(config.train.seed)
-    cases = LoadedCases(train_images, train_labels, val_cases, val_images, val_labels)
+    cases = LoadedCases(
+        train_images, train_labels, val_cases, val_images, val_labels, types[:n_train], types[n_train:]
+    )
     # a resume loads last.pt over the weights: no hub or folder needed
     trainer = _build_trainer(config, run, device, data, cases, pretrained=not resume)
     if resume:
@@ -111,6 +113,10 @@ def train(
         file=sys.stderr,
     )
     state = trainer.fit()
+    if config.task == "instance" and config.instance.tune != "off" and val_images:
+        from medseg.workflows.instance import tune_run_thresholds
+
+        tune_run_thresholds(run, config, cases, device)
     write_json_atomic(
         run / "train_summary.json",
         {
@@ -144,6 +150,10 @@ def _classes_from_config(config: Config) -> list[str] | None:
 
 
 def _fill_data_config(config: Config, data: Dataset) -> None:
+    if not config.task:
+        config.task = data.task
+    if config.task == "instance":
+        _fill_instance_config(config, data)
     if config.data.labels and config.data.labels != data.labels:
         raise DataError(f"{data.root}: classes {data.labels} differ from the run's {config.data.labels}")
     if len(data.labels) < 2:
@@ -160,9 +170,22 @@ def _fill_data_config(config: Config, data: Dataset) -> None:
         raise DataError(f"{data.root}: class ids must be 0..K-1 without gaps, got {ids}")
 
 
+def _fill_instance_config(config: Config, data: Dataset) -> None:
+    if not any(case.instances is not None for case in data.cases):
+        raise DataError(
+            f"{data.root}: --task instance needs instance labels (labelsTr of an instance dataset, or "
+            f"the folder named by dataset.json's medseg.instances); none found"
+        )
+    inst = config.instance
+    if not inst.classes and data.instance_classes:
+        inst.classes = list(data.instance_classes)
+        inst.differential = inst.differential or list(data.differential)
+
+
 def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) -> dict[str, list[str]]:
     path = run / "splits.json"
-    labelled = [c.name for c in data.cases if c.label is not None]
+    key = "instances" if config.task == "instance" else "label"
+    labelled = [c.name for c in data.cases if getattr(c, key) is not None]
     if not labelled:
         raise DataError(
             f"{data.root}: no labelled cases to train on (check it: medseg data check {data.root})"
@@ -184,30 +207,46 @@ def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) 
 
 @dataclass
 class LoadedCases:
-    """The split's cases in memory: normalised images ``(C, H, W)`` and labels ``(H, W)``."""
+    """The split's cases in memory: normalised images ``(C, H, W)`` and labels ``(H, W)``.
+
+    Instance task: labels are instance ids, and ``*_types`` hold each case's id -> type index lookup
+    (None for untyped cases; see :func:`medseg.data.instance.type_lookup`).
+    """
 
     train_images: list[np.ndarray]
     train_labels: list[np.ndarray]
     val_names: list[str]
     val_images: list[np.ndarray]
     val_labels: list[np.ndarray]
+    train_types: list[np.ndarray | None] = field(default_factory=list)
+    val_types: list[np.ndarray | None] = field(default_factory=list)
 
 
 def _load_cases(
     data: Dataset, names: Sequence[str], config: Config
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Read, check and normalise cases into memory: images ``(C, H, W)`` float32, labels ``(H, W)`` int."""
-    from medseg.data.dataset import label_values_error
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    """Read, check and normalise cases into memory: images ``(C, H, W)`` float32, labels ``(H, W)`` int,
+    and for typed instances each case's id -> type lookup (else None)."""
+    from medseg.data.dataset import label_values_error, load_instances
+    from medseg.data.instance import type_lookup
 
-    images, labels = [], []
+    images, labels, types = [], [], []
     first = None
     for name in names:
         case = data.case(name)
         image = load_image(case)
-        label = load_label(case, image.shape)
-        problem = label_values_error(case.label, label, config.data.labels, config.data.ignore_index)
-        if problem:
-            raise DataError(problem)
+        if config.task == "instance":
+            label, names_of = load_instances(case, image.shape)
+            classes = config.instance.classes
+            types.append(type_lookup(names_of, classes, str(case.instances)) if classes else None)
+            if classes and set(np.unique(label).tolist()) - {0} - set(names_of):
+                raise DataError(f"{case.instances}: some instances have no type in its .json sidecar")
+        else:
+            label = load_label(case, image.shape)
+            types.append(None)
+            problem = label_values_error(case.label, label, config.data.labels, config.data.ignore_index)
+            if problem:
+                raise DataError(problem)
         d = config.data
         normalised = normalize(image, d.normalization, low=d.norm_low, high=d.norm_high)
         if first is not None and normalised.shape[0] != images[0].shape[0]:
@@ -218,7 +257,7 @@ def _load_cases(
         first = first or case.images[0]
         images.append(normalised)
         labels.append(label.astype(np.int16 if label.max(initial=0) < 2**15 else np.int32))
-    return images, labels
+    return images, labels, types
 
 
 def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=True):
@@ -228,13 +267,15 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
     from medseg.engine import callbacks as cb
     from medseg.engine.device import use_bf16
     from medseg.engine.trainer import Trainer
-    from medseg.losses import DiceCELoss
+    from medseg.losses import DeepWatershedLoss, DiceCELoss
     from medseg.models import build_model
+    from medseg.models.heads import HeadLayout
 
+    layout = HeadLayout.for_config(config)
     num_classes = len(config.data.labels)
     t = config.train
     model = build_model(
-        config.model, in_channels=config.data.in_channels, num_classes=num_classes, pretrained=pretrained
+        config.model, in_channels=config.data.in_channels, num_classes=layout.channels, pretrained=pretrained
     )
     divisor = int(getattr(model, "size_divisor", 1))
     if any(size % divisor for size in config.data.patch_size):
@@ -247,13 +288,23 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
             f"loss.class_weights: {len(config.loss.class_weights)} values for {num_classes} classes "
             f"({', '.join(config.data.class_names)})"
         )
-    pad_label = config.data.ignore_index if config.data.ignore_index >= 0 else 0
+    instance = config.task == "instance"
+    pad_label = config.data.ignore_index if config.data.ignore_index >= 0 and not instance else 0
+    target_fn = None
+    if instance:
+        from medseg.data.instance import InstanceTargets
+
+        inst = config.instance
+        target_fn = InstanceTargets(
+            cases.train_types, alpha=inst.alpha, beta=inst.beta, erosion=inst.erosion, boundary=inst.boundary
+        )
     patches = PatchDataset(
         cases.train_images,
         cases.train_labels,
         tuple(config.data.patch_size),
         config.augment,
         pad_label=pad_label,
+        target_fn=target_fn,
     )
     samples = config.data.samples_per_epoch or len(cases.train_images)
     sampler = EpochSampler(len(cases.train_images), samples, t.seed)
@@ -276,14 +327,24 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
     )
     monitor = t.monitor if cases.val_images else "train_loss"
     scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
-    loss_fn = DiceCELoss(
-        num_classes,
-        dice_weight=config.loss.dice_weight,
-        ce_weight=config.loss.ce_weight,
-        class_weights=config.loss.class_weights,
-        ignore_index=config.data.ignore_index,
-        include_background=config.loss.dice_include_background,
-    ).to(device)
+    if instance:
+        inst = config.instance
+        weights = {
+            "inner": inst.inner_weight,
+            "outer": inst.outer_weight,
+            "fgbg": inst.fgbg_weight,
+            "classes": inst.class_weight,
+        }
+        loss_fn = DeepWatershedLoss(layout, weights).to(device)
+    else:
+        loss_fn = DiceCELoss(
+            num_classes,
+            dice_weight=config.loss.dice_weight,
+            ce_weight=config.loss.ce_weight,
+            class_weights=config.loss.class_weights,
+            ignore_index=config.data.ignore_index,
+            include_background=config.loss.dice_include_background,
+        ).to(device)
     callbacks: list = [
         cb.FreezeEncoder(config.model.freeze_encoder),
         cb.EarlyStopping(t.early_stopping),  # before Checkpoint, so last.pt records an early stop
@@ -295,16 +356,20 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
     if t.progress:
         callbacks.append(cb.ProgressBar(steps_per_epoch))
     validate = None
-    if cases.val_images:
-        validate = SemanticValidation(config, cases.val_images, cases.val_labels, loss_fn)
-        if t.snapshots:
-            from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
+    if cases.val_images and instance:
+        from medseg.workflows.instance import InstanceValidation
 
-            i = pick_snapshot_case(cases.val_labels)
-            display = load_image(data.case(cases.val_names[i]))
-            callbacks.append(
-                Snapshots(run / "snapshots", config, display, cases.val_images[i], cases.val_labels[i])
-            )
+        validate = InstanceValidation(config, cases, loss_fn)
+    elif cases.val_images:
+        validate = SemanticValidation(config, cases.val_images, cases.val_labels, loss_fn)
+    if cases.val_images and t.snapshots:
+        from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
+
+        i = pick_snapshot_case(cases.val_labels)
+        display = load_image(data.case(cases.val_names[i]))
+        callbacks.append(
+            Snapshots(run / "snapshots", config, display, cases.val_images[i], cases.val_labels[i])
+        )
     return Trainer(
         model,
         optimizer,

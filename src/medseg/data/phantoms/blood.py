@@ -188,6 +188,7 @@ def write_blood_dataset(out: str | Path, n: int, *, size: int = 256, seed: int =
         "colors": {name: list(rgb) for name, rgb in BLOOD_COLORS.items()},
         "instances": "instancesTr",
         "instance_classes": ["red_cell", *WBC_TYPES],
+        "differential": list(WBC_TYPES),
         "source": f"medseg phantom blood --n {n} --size {size} --seed {seed}",
     }
     dataset = {"name": "blood_phantom", "channel_names": {"0": "R", "1": "G", "2": "B"}}

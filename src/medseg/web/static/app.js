@@ -4,6 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { models: [], limits: null, lastFile: null, busy: false };
+// Leukocyte types: a differential over these only is a differential white-cell count.
+const WHITE_CELL_TYPES = new Set(["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]);
 
 function showError(message) {
   const box = $("error");
@@ -45,7 +47,9 @@ async function loadModels() {
     ...info.models.map((m) => {
       const option = document.createElement("option");
       option.value = m.name;
-      option.textContent = `${m.name} (${m.architecture}, ${m.classes.length} classes)`;
+      const kinds = m.task !== "instance" ? `${m.classes.length} classes`
+        : m.typed ? `instances, ${m.classes.length - 1} types` : "instances";
+      option.textContent = `${m.name} (${m.architecture}, ${kinds})`;
       return option;
     })
   );
@@ -58,27 +62,49 @@ async function loadModels() {
     "the file stays in this server's memory";
 }
 
-// One <li> per foreground class: colour swatch and name.
-function legendItems(classes) {
+// One <li> per foreground class (instance runs: per type): colour swatch and name. Untyped instance
+// runs colour each object differently, so their one class gets a many-coloured swatch.
+function legendItems(classes, perObject = false) {
   return classes
     .filter((c) => c.id !== 0)
     .map((c) => {
       const item = document.createElement("li");
-      item.append(swatch(c.color), c.name);
+      if (perObject) {
+        const mark = swatch("transparent");
+        mark.classList.add("multi");
+        item.append(mark, `${c.name} (a colour each)`);
+      } else {
+        item.append(swatch(c.color), c.name);
+      }
       return item;
     });
+}
+
+function differentialTitle(types) {
+  return types.length && types.every((t) => WHITE_CELL_TYPES.has(t))
+    ? "Differential white-cell count"
+    : "Differential count";
 }
 
 function describeModel() {
   const model = state.models.find((m) => m.name === $("model").value);
   if (!model) return;
   $("empty-title").textContent = `Model ${model.name}`;
-  $("empty-text").textContent =
-    `${model.task[0].toUpperCase()}${model.task.slice(1)} segmentation with ${model.architecture} ` +
-    `on ${model.in_channels}-channel images. ` +
-    "Drop an image above: the original and the predicted classes appear side by side, with pixel counts per class.";
+  const kind = `${model.task[0].toUpperCase()}${model.task.slice(1)} segmentation with ${model.architecture} ` +
+    `on ${model.in_channels}-channel images. `;
+  if (model.task === "instance") {
+    const differential = model.differential && model.differential.length
+      ? ` and the ${differentialTitle(model.differential).toLowerCase()} (% of ${model.differential.join(", ")})`
+      : "";
+    $("empty-text").textContent = kind +
+      `Drop an image above: every object is outlined${model.typed ? " in the colour of its type" : ""}, ` +
+      `beside the original, with the objects counted${model.typed ? " per type" : ""}${differential}.`;
+  } else {
+    $("empty-text").textContent = kind +
+      "Drop an image above: the original and the predicted classes appear side by side, with pixel counts per class.";
+  }
   $("empty-classes").replaceChildren(
-    ...legendItems(model.classes)
+    ...legendItems(model.classes, model.task === "instance" && !model.typed)
   );
 }
 
@@ -146,8 +172,138 @@ function swatch(color) {
   return span;
 }
 
+function cell(text, className = "") {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  td.textContent = text;
+  return td;
+}
+
+function setHead(columns) {
+  const row = document.createElement("tr");
+  row.append(
+    ...columns.map(([text, className]) => {
+      const th = document.createElement("th");
+      if (className) th.className = className;
+      th.textContent = text;
+      return th;
+    })
+  );
+  $("counts").tHead.replaceChildren(row);
+}
+
+function classLabel(name, color) {
+  const label = document.createElement("span");
+  label.className = "class-label";
+  label.append(swatch(color), name);
+  return label;
+}
+
+// Semantic runs: pixels and fraction of the image per class, with a bar relative to the largest class.
+function renderClassCounts(result) {
+  $("counts-title").textContent = "Counts";
+  setHead([["Class"], ["Pixels", "num"], ["Fraction", "num"], ["", "bar-col"]]);
+  const largest = Math.max(...result.classes.filter((c) => c.id !== 0).map((c) => c.fraction), 1e-9);
+  $("counts").tBodies[0].replaceChildren(
+    ...result.classes.map((c) => {
+      const row = document.createElement("tr");
+      row.dataset.classId = c.id;
+      if (c.id === 0) row.className = "background";
+      const nameCell = document.createElement("td");
+      nameCell.append(classLabel(c.name, c.id === 0 ? "transparent" : c.color));
+      const barCell = document.createElement("td");
+      if (c.id !== 0) {
+        const bar = document.createElement("div");
+        bar.className = "bar";
+        bar.style.width = `${Math.min(100, (c.fraction / largest) * 100)}%`;
+        bar.style.backgroundColor = c.color;
+        barCell.append(bar);
+      }
+      row.append(
+        nameCell,
+        cell(c.pixels.toLocaleString("en-US"), "num"),
+        cell(`${(c.fraction * 100).toFixed(2)} %`, "num"),
+        barCell
+      );
+      return row;
+    })
+  );
+  $("counts").tFoot.replaceChildren();
+  $("differential").hidden = true;
+}
+
+// Instance runs: objects per type, the % of each differential type among them, the total, and a bar
+// chart of the differential count.
+function renderObjectCounts(result) {
+  const colors = Object.fromEntries(result.classes.map((c) => [c.name, c.color]));
+  const differential = result.differential || [];
+  const inDifferential = new Set(differential);
+  const withPercent = inDifferential.size > 0;
+  $("counts-title").textContent = "Objects";
+  setHead(withPercent ? [["Class"], ["Count", "num"], ["%", "num"]] : [["Class"], ["Count", "num"]]);
+  // An untyped run has one "objects" row, the same number as the total below.
+  const rows = result.typed ? result.counts.filter((r) => r.class !== "total") : [];
+  $("counts").tBodies[0].replaceChildren(
+    ...rows.map((r) => {
+      const row = document.createElement("tr");
+      row.dataset.class = r.class;
+      const nameCell = document.createElement("td");
+      nameCell.append(classLabel(r.class, colors[r.class] || "transparent"));
+      row.append(nameCell, cell(r.count.toLocaleString("en-US"), "num"));
+      if (withPercent) {
+        const percent = inDifferential.has(r.class) && r.percent !== "" ? `${Number(r.percent).toFixed(1)} %` : "–";
+        const percentCell = cell(percent, "num");
+        if (!inDifferential.has(r.class)) percentCell.title = "not part of the differential count";
+        row.append(percentCell);
+      }
+      return row;
+    })
+  );
+  const total = document.createElement("tr");
+  total.className = "total";
+  total.append(cell("Total objects"), cell(result.objects.toLocaleString("en-US"), "num"));
+  if (withPercent) total.append(cell(""));
+  $("counts").tFoot.replaceChildren(total);
+
+  const box = $("differential");
+  box.hidden = !(result.typed && withPercent);
+  if (box.hidden) return;
+  const counted = result.counts.filter((r) => inDifferential.has(r.class));
+  const among = counted.reduce((sum, r) => sum + r.count, 0);
+  const white = differential.every((t) => WHITE_CELL_TYPES.has(t));
+  $("differential-title").textContent = differentialTitle(differential);
+  $("differential-bars").replaceChildren(
+    ...counted.map((r) => {
+      const percent = r.percent === "" ? 0 : Number(r.percent);
+      const item = document.createElement("li");
+      item.dataset.class = r.class;
+      const name = document.createElement("span");
+      name.className = "differential-name";
+      name.textContent = r.class;
+      const track = document.createElement("span");
+      track.className = "differential-track";
+      const bar = document.createElement("span");
+      bar.className = "differential-bar";
+      bar.style.width = `${percent}%`;
+      bar.style.backgroundColor = colors[r.class] || "";
+      track.append(bar);
+      const value = document.createElement("span");
+      value.className = "num";
+      value.textContent = `${percent.toFixed(1)} %`;
+      item.append(name, track, value);
+      return item;
+    })
+  );
+  const cells = white ? "white cells" : `${differential.join(", ")} objects`;
+  $("differential-note").textContent = among === 0
+    ? `No ${cells} in this image.`
+    : `% of the ${among.toLocaleString("en-US")} ${cells} in this image` +
+      (among < 100 ? "; a differential count is usually read over at least 100." : ".");
+}
+
 function render(result) {
   const png = (b64) => `data:image/png;base64,${b64}`;
+  const instance = result.task === "instance";
   $("original").src = png(result.image_png_base64);
   $("overlay-base").src = png(result.image_png_base64);
   $("overlay").src = png(result.color_mask_png_base64);
@@ -159,48 +315,36 @@ function render(result) {
   title.replaceChildren();
   const name = document.createElement("strong");
   name.textContent = result.filename;
+  const objects = instance ? ` · ${result.objects.toLocaleString("en-US")} objects` : "";
   title.append(
     name,
     ` · ${result.width} × ${result.height} px, ${result.channels} channel(s), ${result.dtype}` +
-      ` · model ${result.model} · ${result.seconds.toFixed(2)} s`
+      ` · model ${result.model}${objects} · ${result.seconds.toFixed(2)} s`
   );
 
   $("legend").replaceChildren(
-    ...legendItems(result.classes)
+    ...legendItems(result.classes, instance && !result.typed)
   );
+  if (instance) renderObjectCounts(result);
+  else renderClassCounts(result);
 
-  const largest = Math.max(...result.classes.filter((c) => c.id !== 0).map((c) => c.fraction), 1e-9);
-  $("counts").tBodies[0].replaceChildren(
-    ...result.classes.map((c) => {
-      const row = document.createElement("tr");
-      row.dataset.classId = c.id;
-      if (c.id === 0) row.className = "background";
-      const nameCell = document.createElement("td");
-      const label = document.createElement("span");
-      label.className = "class-label";
-      label.append(swatch(c.id === 0 ? "transparent" : c.color), c.name);
-      nameCell.append(label);
-      const pixels = document.createElement("td");
-      pixels.className = "num";
-      pixels.textContent = c.pixels.toLocaleString("en-US");
-      const fraction = document.createElement("td");
-      fraction.className = "num";
-      fraction.textContent = `${(c.fraction * 100).toFixed(2)} %`;
-      const barCell = document.createElement("td");
-      if (c.id !== 0) {
-        const bar = document.createElement("div");
-        bar.className = "bar";
-        bar.style.width = `${Math.min(100, (c.fraction / largest) * 100)}%`;
-        bar.style.backgroundColor = c.color;
-        barCell.append(bar);
-      }
-      row.append(nameCell, pixels, fraction, barCell);
-      return row;
-    })
-  );
-
-  const links = { "dl-mask-png": "mask_png", "dl-mask-tiff": "mask_tiff", "dl-overlay": "overlay_png", "dl-csv": "counts_csv" };
-  for (const [id, key] of Object.entries(links)) $(id).href = result.downloads[key];
+  const links = {
+    "dl-mask-png": "mask_png",
+    "dl-mask-tiff": "mask_tiff",
+    "dl-overlay": "overlay_png",
+    "dl-csv": "counts_csv",
+    "dl-objects": "objects_csv",
+  };
+  for (const [id, key] of Object.entries(links)) {
+    const url = result.downloads[key];
+    $(id).hidden = !url;
+    if (url) $(id).href = url;
+    else $(id).removeAttribute("href");
+  }
+  $("download-hint").textContent = instance
+    ? "The mask holds instance ids (0 = background, 16-bit), the size of the input. The objects CSV has " +
+      "one row per object: type, area, centroid, mean intensity, eccentricity."
+    : "The mask holds class ids (0 = background), the size of the input.";
 
   $("result").hidden = false;
   $("empty").hidden = true;

@@ -1,0 +1,25 @@
+"""Post-processing of network outputs into instances (NumPy/SciPy/scikit-image only, never torch).
+
+- :mod:`medseg.postprocess.watershed`: DeepCell's deep watershed -- markers from the predicted inner
+  distance, a marker-controlled flood of the outer distance, small-object removal, hole filling -- with
+  :class:`WatershedParams` for thresholds stored in a run's ``thresholds.json``.
+- :mod:`medseg.postprocess.objects`: per-object measurements, majority types and counts.
+"""
+
+from medseg.postprocess.watershed import (
+    MAXIMA_ALGORITHMS,
+    WatershedParams,
+    deep_watershed,
+    fill_small_holes,
+    find_peaks,
+    watershed_by_component,
+)
+
+__all__ = [
+    "MAXIMA_ALGORITHMS",
+    "WatershedParams",
+    "deep_watershed",
+    "fill_small_holes",
+    "find_peaks",
+    "watershed_by_component",
+]
