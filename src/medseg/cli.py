@@ -291,6 +291,10 @@ def _data_check(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k} ({v})" for k, v in sizes[:5]) + (" ..." if len(sizes) > 5 else "")
         print(f"sizes     {shown or '-'}")
         print("classes   " + ", ".join(f"{k} {v:.2%}" for k, v in s["class_fractions"].items()))
+        if "objects" in s:
+            objects = s["objects"]
+            typed = ", ".join(f"{k} {v}" for k, v in objects.items() if k)
+            print(f"objects   {sum(objects.values())} instances{': ' + typed if typed else ''}")
     if report.ok:
         print("no problems found")
         return 0

@@ -18,8 +18,8 @@ from typing import Any
 from medseg.errors import ConfigError
 from medseg.transforms.augment import AugmentConfig
 
-TASKS = ("semantic", "instance")
-DEFAULT_MONITOR = {"semantic": "val_dice", "instance": "val_f1"}
+TASKS = ("semantic", "instance", "classify")
+DEFAULT_MONITOR = {"semantic": "val_dice", "instance": "val_f1", "classify": "val_balanced_accuracy"}
 
 
 @dataclass
@@ -116,24 +116,43 @@ class InstanceConfig:
     differential: list[str] = field(default_factory=list)  # types a differential count is over (in %)
     alpha: str = "auto"  # inner-distance alpha: "auto" (from each object's size) or a number
     beta: float = 1.0  # inner-distance beta
-    erosion: int = 0  # erode objects by this many pixels before the outer distance
+    erosion: int = 0  # erode object edges by this many pixels before the distance transforms
     boundary: bool = False  # fgbg head with a third, boundary class
     inner_weight: float = 1.0  # loss weights per head (MSE for distances, weighted CE for fgbg/classes)
     outer_weight: float = 1.0
     fgbg_weight: float = 1.0
     class_weight: float = 1.0
     tune: str = "f1"  # after training, tune watershed thresholds on validation: f1 | pq | off
-    maxima_threshold: float = 0.1  # post-processing defaults (tuned values go to RUN/thresholds.json)
-    interior_threshold: float = 0.3
-    min_distance: int = 4
-    small_objects_threshold: int = 10
+    maxima_threshold: float = 0.3  # post-processing defaults (tuned values go to RUN/thresholds.json)
+    interior_threshold: float = 0.5
+    min_distance: int = 5
+    small_objects_threshold: int = 25
+
+
+@dataclass
+class ClassifyConfig:
+    """Image classification (``task: classify``): input size, transfer learning and class imbalance.
+
+    The model is a registered classifier (``medseg.models.list_classifiers``); ``model.pretrained``
+    initialises its encoder. Images go through ``data.normalization`` and are then fitted to
+    ``image_size`` the same way at training and at prediction time.
+    """
+
+    image_size: int = 64  # network input side in pixels
+    fit: str = "resize"  # resize (bilinear, whole image) | crop (centre crop or zero-pad, no rescaling)
+    transfer: str = "finetune"  # finetune | frozen | head (see medseg.models.classifiers)
+    unfreeze_blocks: int = -1  # last K encoder blocks that train; -1: all (finetune) or none (head)
+    head_hidden: int = 0  # hidden units of the two-layer head of transfer=head (0 = default)
+    class_weights: Any = "none"  # cross-entropy weights: none | auto (inverse frequency) | one per class
+    balanced_sampling: bool = False  # draw training images with equal probability per class
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
 
 
 @dataclass
 class Config:
     """Everything a run needs; saved as RUN/config.yaml."""
 
-    task: str = ""  # semantic | instance; "" = what the dataset's dataset.json says (else semantic)
+    task: str = ""  # semantic | instance | classify; "" = from the dataset (dataset.json, else semantic)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -141,6 +160,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +174,7 @@ class Config:
         if self.task and not self.train.monitor:
             self.train.monitor = DEFAULT_MONITOR[self.task]
         _check_instance(self.instance)
+        _check_classify(self)
         choices = {
             "data.normalization": (self.data.normalization, ("percentile", "zscore", "none")),
             "train.optimizer": (self.train.optimizer, ("adam", "adamw")),
@@ -188,6 +209,45 @@ class Config:
                 f"tile {inference.tile}, batch_size {inference.batch_size}, overlap {inference.overlap}"
             )
         return self
+
+
+def _check_classify(config: Config) -> None:
+    c = config.classify
+    if c.image_size < 8:
+        raise ConfigError(f"classify.image_size: must be >= 8 pixels, got {c.image_size}")
+    for key, value, allowed in (
+        ("fit", c.fit, ("resize", "crop")),
+        ("transfer", c.transfer, ("finetune", "frozen", "head")),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"classify.{key}: {value!r} is not one of {', '.join(allowed)}")
+    if c.unfreeze_blocks < -1 or c.head_hidden < 0 or not 0 <= c.label_smoothing < 1:
+        raise ConfigError(
+            "classify: need unfreeze_blocks >= -1 (-1 = default), head_hidden >= 0, 0 <= label_smoothing < 1"
+        )
+    if c.transfer == "frozen" and c.unfreeze_blocks > 0:
+        raise ConfigError("classify.unfreeze_blocks: transfer=frozen trains no encoder block; use finetune")
+    weights = c.class_weights
+    if isinstance(weights, str):
+        if weights not in ("none", "auto"):
+            raise ConfigError(
+                f"classify.class_weights: 'none', 'auto' or one number per class, not {weights!r}"
+            )
+    elif not (
+        isinstance(weights, list)
+        and weights
+        and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+    ):
+        raise ConfigError(
+            f"classify.class_weights: 'none', 'auto' or a list of non-negative numbers, got {weights!r}"
+        )
+    elif config.data.labels and len(weights) != len(config.data.labels):
+        raise ConfigError(
+            f"classify.class_weights: {len(weights)} values for {len(config.data.labels)} classes "
+            f"({', '.join(config.data.class_names)})"
+        )
+    if config.task == "classify" and config.loss.class_weights:
+        raise ConfigError("loss.class_weights: a classify run takes its weights from classify.class_weights")
 
 
 def _check_instance(instance: InstanceConfig) -> None:

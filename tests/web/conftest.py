@@ -1,4 +1,4 @@
-"""Fixtures for the web app: the app over the tiny trained run, a TestClient, a phantom, a live server."""
+"""Fixtures for the web app: apps over the tiny trained runs, TestClients, a phantom, live servers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.conftest import tiny_config
 
 pytest.importorskip("fastapi", reason="the web app needs fastapi (pip install -e '.[dev]')")
 
@@ -33,22 +35,64 @@ def phantom_path(blood_dataset: Path) -> Path:
     return blood_dataset / "imagesTr" / "blood_000_0000.png"
 
 
-@pytest.fixture
-def live_server(web_app) -> Iterator[str]:
-    """The app served by uvicorn on a free loopback port in a background thread; yields its base URL."""
+@pytest.fixture(scope="session")
+def instance_run(blood_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A typed deep-watershed unet_tiny run, 1 epoch on ``blood_dataset``: six cell types and a
+    white-cell differential (read-only)."""
+    from medseg.workflows.train import train
+
+    config = tiny_config("task=instance", "train.epochs=1", "train.snapshots=false", "instance.tune=off")
+    return train(blood_dataset, config, tmp_path_factory.mktemp("runs") / "cells")
+
+
+@pytest.fixture(scope="session")
+def instance_app(instance_run: Path, trained_run: Path):
+    """The app serving the instance run (the default model) and the semantic run beside it."""
+    from medseg.web import create_app
+
+    return create_app([instance_run, trained_run], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def instance_client(instance_app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(instance_app) as test_client:
+        yield test_client
+
+
+@contextmanager
+def _served(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port in a background thread; yields its base URL."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(web_app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started, "uvicorn did not start within 10 s"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def live_server(web_app) -> Iterator[str]:
+    """The semantic app served on a free loopback port; yields its base URL."""
+    with _served(web_app) as url:
+        yield url
+
+
+@pytest.fixture
+def instance_live_server(instance_app) -> Iterator[str]:
+    """The instance + semantic app served on a free loopback port; yields its base URL."""
+    with _served(instance_app) as url:
+        yield url

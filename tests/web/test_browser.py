@@ -61,6 +61,7 @@ def test_upload_shows_overlay_counts_and_downloads(browser, live_server: str, ph
     assert all(row[2].endswith("%") for row in table)
     assert page.locator("#legend li").count() == 3
     assert page.get_attribute("#dl-mask-tiff", "href").endswith("/mask.tif")
+    assert page.is_hidden("#dl-objects") and page.is_hidden("#differential")
 
     page.locator("#opacity").fill("20")
     assert page.locator("#overlay").evaluate("el => getComputedStyle(el).opacity") == "0.2"
@@ -69,6 +70,72 @@ def test_upload_shows_overlay_counts_and_downloads(browser, live_server: str, ph
     page.screenshot(path=str(shot), full_page=True)
     pixels_rgb = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("RGB"), dtype=np.float64)
     assert pixels_rgb.std() > 20, "the screenshot looks blank"
+    assert errors == []
+    page.close()
+
+
+def test_instance_run_shows_object_counts_and_differential(
+    browser, instance_live_server: str, instance_run: Path, trained_run: Path, phantom_path: Path, tmp_path
+):
+    from PIL import Image
+    from playwright import sync_api
+
+    from medseg.inference.predictor import Predictor
+    from medseg.io import read_image
+    from medseg.workflows.predict import segment_image
+
+    expected = segment_image(Predictor.from_run(instance_run, device="cpu"), read_image(phantom_path))
+    counts = {row["class"]: row for row in expected.counts}
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(instance_live_server)
+    page.wait_for_selector("#model option", state="attached")
+    assert page.input_value("#model") == instance_run.name
+    assert "6 types" in page.inner_text("#model option:checked")
+    page.set_input_files("#file", str(phantom_path))
+    page.wait_for_selector("#counts tfoot tr.total", timeout=15_000)
+    sync_api.expect(page.locator("#overlay")).to_have_js_property("naturalWidth", 64)
+
+    assert page.inner_text("#counts-title") == "Objects"
+    header = [h.strip() for h in page.locator("#counts thead th").all_inner_texts()]
+    assert header == ["Class", "Count", "%"]
+    total = [t.strip() for t in page.locator("#counts tfoot td").all_inner_texts()]
+    assert total[:2] == ["Total objects", str(len(expected.objects))]
+    # the most frequent white-cell type: its count and its share of the differential
+    name = max(expected.counts[1:-1], key=lambda row: row["count"])["class"]
+    row = [t.strip() for t in page.locator(f'#counts tbody tr[data-class="{name}"] td').all_inner_texts()]
+    assert row[:2] == [name, str(counts[name]["count"])]
+    if counts[name]["percent"] == "":  # no white cells found at all
+        assert row[2] == "–"
+    else:
+        assert row[2].endswith(" %") and float(row[2][:-2]) == pytest.approx(
+            counts[name]["percent"], abs=0.051
+        )
+    red = [t.strip() for t in page.locator('#counts tbody tr[data-class="red_cell"] td').all_inner_texts()]
+    assert red == ["red_cell", str(counts["red_cell"]["count"]), "–"]  # not a white cell
+    assert page.locator("#counts tbody tr").count() == 6
+    assert page.inner_text("#differential-title") == "Differential white-cell count"
+    assert page.locator("#differential-bars li").count() == 5
+    assert [t.strip() for t in page.locator("#legend li").all_inner_texts()] == [
+        c.name for c in expected.classes[1:]
+    ]
+    assert page.get_attribute("#dl-objects", "href").endswith("/objects.csv")
+    assert page.is_visible("#dl-objects")
+
+    shot = tmp_path / "instance.png"
+    page.screenshot(path=str(shot), full_page=True)
+    pixels_rgb = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("RGB"), dtype=np.float64)
+    assert pixels_rgb.std() > 20, "the screenshot looks blank"
+
+    # switching to the semantic model segments the image again and brings back the pixel table
+    page.select_option("#model", trained_run.name)
+    sync_api.expect(page.locator("#counts-title")).to_have_text("Counts", timeout=15_000)
+    sync_api.expect(page.locator("#counts tbody tr")).to_have_count(4)
+    header = [h.strip() for h in page.locator("#counts thead th").all_inner_texts()]
+    assert header[:3] == ["Class", "Pixels", "Fraction"]
+    assert page.locator("#counts tfoot tr").count() == 0
+    assert page.is_hidden("#dl-objects") and page.is_hidden("#differential")
     assert errors == []
     page.close()
 

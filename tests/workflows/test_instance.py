@@ -98,6 +98,9 @@ def test_evaluate_reports_instance_metrics_and_match_overlays(nuclei_run, capsys
     assert len(rows) == summary["num_images"]
     panels = sorted((run / "eval" / "overlays").glob("*.png"))
     assert panels and read_image(panels[0]).ndim == 3
+    assert run_cli("report", run) == 0
+    html = (run / "report.html").read_text()
+    assert "F1 at IoU 0.5" in html and "deep watershed loss" in html and "worst of" in html
 
 
 def test_typed_instances_give_a_differential_count(blood_dataset: Path, tmp_path: Path):
@@ -130,3 +133,9 @@ def test_instance_task_without_instance_labels_is_a_clear_error(tmp_path: Path, 
     (data / "dataset.json").write_text(json.dumps(meta))
     assert run_cli("train", data, "--task", "instance", *TINY, "--out", tmp_path / "run") == 2
     assert "needs instance labels" in capsys.readouterr().err
+
+
+def test_data_check_counts_objects_by_type(blood_dataset: Path, capsys):
+    assert run_cli("data", "check", blood_dataset) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("objects"))
+    assert "instances: " in line and "red_cell" in line

@@ -4,8 +4,11 @@
   distance, a marker-controlled flood of the outer distance, small-object removal, hole filling -- with
   :class:`WatershedParams` for thresholds stored in a run's ``thresholds.json``.
 - :mod:`medseg.postprocess.objects`: per-object measurements, majority types and counts.
+- :mod:`medseg.postprocess.tuning`: threshold search on validation images (``thresholds.json``).
 """
 
+from medseg.postprocess.objects import count_objects, majority_types, object_table
+from medseg.postprocess.tuning import TuneResult, tune_watershed
 from medseg.postprocess.watershed import (
     MAXIMA_ALGORITHMS,
     WatershedParams,
@@ -17,9 +20,14 @@ from medseg.postprocess.watershed import (
 
 __all__ = [
     "MAXIMA_ALGORITHMS",
+    "TuneResult",
     "WatershedParams",
+    "count_objects",
     "deep_watershed",
     "fill_small_holes",
     "find_peaks",
+    "majority_types",
+    "object_table",
+    "tune_watershed",
     "watershed_by_component",
 ]

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
-    "maxima_threshold": (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6),
+    "maxima_threshold": (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "interior_threshold": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "min_distance": (2, 3, 4, 5, 6, 8, 10),
-    "small_objects_threshold": (0, 5, 10, 20, 40, 80),
+    "small_objects_threshold": (0, 5, 10, 20, 40, 80, 120, 160),
 }
 
 

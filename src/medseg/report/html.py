@@ -255,6 +255,11 @@ def summary_section(run: RunFolder) -> str:
         ("model", fmt(model.get("name"))),
     ]
     names, colors = run.class_colors()
+    instance = run.config.get("instance") if run.config.get("task") == "instance" else None
+    if isinstance(instance, dict):
+        types = instance.get("classes") or []
+        names, colors = [], []
+        rows.append(("objects", escape(", ".join(map(str, types))) if types else "untyped"))
     if names:
         rows.append(
             (
@@ -268,7 +273,13 @@ def summary_section(run: RunFolder) -> str:
         )
     settings = [f"{key} {_compact(train[key])}" for key in ("lr", "batch_size") if key in train]
     loss = run.config.get("loss")
-    if isinstance(loss, dict) and {"dice_weight", "ce_weight"} <= set(loss):
+    if isinstance(instance, dict):
+        heads = [("inner", "inner_weight"), ("outer", "outer_weight"), ("fgbg", "fgbg_weight")]
+        if instance.get("classes"):
+            heads.append(("types", "class_weight"))
+        terms = " + ".join(f"{_compact(instance.get(key))}·{name}" for name, key in heads)
+        settings.insert(0, f"deep watershed loss {terms}")
+    elif isinstance(loss, dict) and {"dice_weight", "ce_weight"} <= set(loss):
         settings.insert(0, f"loss {_compact(loss['dice_weight'])}·Dice + {_compact(loss['ce_weight'])}·CE")
     if settings:
         rows.append(("training", " · ".join(settings)))
@@ -304,7 +315,11 @@ def summary_section(run: RunFolder) -> str:
         if (path := run.file(f"checkpoints/{name}")) is not None
     ]
     rows.append(("checkpoints", " · ".join(checkpoints) if checkpoints else "none yet"))
-    if evaluation is not None:
+    if evaluation is not None and evaluation.get("task") == "instance":
+        pooled = evaluation.get("pooled") if isinstance(evaluation.get("pooled"), dict) else {}
+        scores = f", F1@0.5 {fmt(pooled.get('f1@0.5'))}, PQ {fmt(pooled.get('pq'))}"
+        rows.append(("evaluated on", _evaluation_line(evaluation) + scores))
+    elif evaluation is not None:
         mean = evaluation.get("mean") if isinstance(evaluation.get("mean"), dict) else {}
         rows.append(("evaluated on", _evaluation_line(evaluation) + f", mean dice {fmt(mean.get('dice'))}"))
 
@@ -354,6 +369,8 @@ def evaluation_section(run: RunFolder) -> str:
     evaluation = run.eval_metrics
     if evaluation is None:
         return note(f"not evaluated yet: run {_code(f'medseg evaluate {run.path} DATASET')}.")
+    if evaluation.get("task") == "instance":
+        return _instance_evaluation(run, evaluation)
     per_class = evaluation.get("per_class") or {}
     mean = evaluation.get("mean") or {}
     present = [m for entry in [*per_class.values(), mean] if isinstance(entry, dict) for m in entry]
@@ -379,6 +396,57 @@ def evaluation_section(run: RunFolder) -> str:
         png = plot_per_class_bars(evaluation, run.path / "plots" / "per_class_bars.png")
         parts.append(embed_file(png, alt="per-class dice and IoU"))
     parts.append(_worst_cases(run))
+    return "".join(parts)
+
+
+_INSTANCE_ROWS = (
+    ("objects (true / found)", None),
+    ("F1 at IoU 0.5", "f1@0.5"),
+    ("precision / recall at IoU 0.5", None),
+    ("panoptic quality (SQ x RQ)", "pq"),
+    ("segmentation quality (mean matched IoU)", "sq"),
+    ("AJI / AJI+", None),
+    ("DSB average precision, IoU 0.5:0.95", "ap_dsb"),
+)
+
+
+def _instance_evaluation(run: RunFolder, evaluation: dict[str, Any]) -> str:
+    """Pooled object metrics, count errors, type accuracy and the worst images by F1."""
+    pooled = evaluation.get("pooled") or {}
+    rows = []
+    for title, key in _INSTANCE_ROWS:
+        if key is not None:
+            value = fmt(pooled.get(key))
+        elif title.startswith("objects"):
+            value = f"{fmt(pooled.get('n_true'))} / {fmt(pooled.get('n_pred'))}"
+        elif title.startswith("precision"):
+            value = f"{fmt(pooled.get('precision@0.5'))} / {fmt(pooled.get('recall@0.5'))}"
+        else:
+            value = f"{fmt(pooled.get('aji'))} / {fmt(pooled.get('aji_plus'))}"
+        rows.append([escape(title), value])
+    errors = ", ".join(
+        f"{fmt(pooled.get(k))} {k}" for k in ("split", "merge", "catastrophe", "missed", "gained")
+    )
+    rows.append(["object errors (DeepCell)", escape(errors)])
+    exact = evaluation.get("count_exact_fraction")
+    rows.append(
+        [
+            "images with the exact object count",
+            f"{fmt(exact)} (mean |error| {fmt(evaluation.get('mean_absolute_count_error'))})",
+        ]
+    )
+    if "type_accuracy" in evaluation:
+        rows.append(["type accuracy of matched objects", fmt(evaluation.get("type_accuracy"))])
+    if "differential_count_exact_fraction" in evaluation:
+        rows.append(
+            ["images with the exact differential count", fmt(evaluation["differential_count_exact_fraction"])]
+        )
+    parts = [
+        f"<p>evaluated on {_evaluation_line(evaluation)}; scores pooled over images "
+        "(true/false positives summed first).</p>",
+        table(["metric", "value"], [[k, f"<span>{v}</span>"] for k, v in rows]),
+        _worst_cases(run),
+    ]
     return "".join(parts)
 
 
@@ -411,7 +479,7 @@ def _worst_cases(run: RunFolder) -> str:
         return note("eval/per_image.csv lists no images.")
     key = "case" if "case" in fields else fields[0]
 
-    dice_columns = [c for c in ("dice", "mean_dice", "dice_mean") if c in fields] or [
+    dice_columns = [c for c in ("dice", "mean_dice", "dice_mean", "f1@0.5") if c in fields] or [
         c for c in fields if c.startswith("dice")
     ]
     scores = [_nanmean([_number(r.get(c)) for c in dice_columns]) for r in records]
@@ -423,8 +491,9 @@ def _worst_cases(run: RunFolder) -> str:
         for rank, i in enumerate(order, start=1)
     ]
     shown = min(_WORST_CASES, len(records))
+    by = "F1" if "f1@0.5" in dice_columns else "mean dice"
     title = (
-        f"<h3>{shown} worst of {len(records)} images, by mean dice</h3>"
+        f"<h3>{shown} worst of {len(records)} images, by {by}</h3>"
         if dice_columns
         else f"<h3>first {shown} of {len(records)} images (no dice column to rank by)</h3>"
     )

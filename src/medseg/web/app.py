@@ -409,9 +409,10 @@ def color_layer(result: Any) -> np.ndarray:
         return layer
     table = instance_colors(ids)
     type_color = {c.name: c.color for c in result.classes[1:]}
-    for row in result.objects:
-        if row["class"] in type_color:
-            table[np.searchsorted(ids, row["label"])] = type_color[row["class"]]
+    typed = [(row["label"], type_color[row["class"]]) for row in result.objects if row["class"] in type_color]
+    if typed:
+        typed_ids, colors = zip(*typed)
+        table[np.searchsorted(ids, typed_ids)] = colors
     foreground = labels > 0
     rgb = table[np.searchsorted(ids, labels[foreground])]
     layer[foreground, :3] = rgb
@@ -477,22 +478,28 @@ class _Result:
             buffer = io.BytesIO()
             tifffile.imwrite(buffer, self.segmentation.mask, compression="zlib", metadata={"axes": "YX"})
             return buffer.getvalue()
-        text = io.StringIO()
         if name == "objects.csv":
             from medseg.postprocess.objects import OBJECT_COLUMNS
 
-            writer = csv.DictWriter(text, fieldnames=OBJECT_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.segmentation.objects)
-        elif self.segmentation.instances:
-            writer = csv.DictWriter(text, fieldnames=["class", "count", "percent"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.segmentation.counts)
-        else:
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(["class_id", "class", "pixels", "fraction"])
-            writer.writerows((c.id, c.name, c.pixels, f"{c.fraction:.6f}") for c in self.segmentation.classes)
+            return _csv_bytes(self.segmentation.objects, OBJECT_COLUMNS)
+        if self.segmentation.instances:
+            return _csv_bytes(self.segmentation.counts, ["class", "count", "percent"])
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["class_id", "class", "pixels", "fraction"])
+        writer.writerows((c.id, c.name, c.pixels, f"{c.fraction:.6f}") for c in self.segmentation.classes)
         return text.getvalue().encode("utf-8")
+
+
+def _csv_bytes(rows: Sequence[dict[str, Any]], fieldnames: Sequence[str]) -> bytes:
+    """CSV bytes with the cells :func:`medseg.io.write_csv_atomic` writes (floats to 6 significant
+    digits), so a download matches the file ``medseg predict`` writes."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return text.getvalue().encode("utf-8")
 
 
 class _ResultCache:
