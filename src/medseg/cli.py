@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=50, help="number of images (default 50)")
     b.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    b.add_argument(
+        "--crops",
+        action="store_true",
+        help="write one crop per white cell, labelled with its type (OUT/<type>/*.png + OUT/labels.csv)",
+    )
+    b.add_argument("--crop", type=int, default=64, help="crop side in pixels with --crops (default 64)")
     b.set_defaults(func=_phantom_blood)
     nu = phantom.add_parser(
         "nuclei", parents=[common], help="fluorescent nuclei: touching, overlapping, instance labels"
@@ -103,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[common], help="check and import datasets")
     data = p.add_subparsers(title="data commands", metavar="ACTION", required=True)
     c = data.add_parser("check", parents=[common], help="list every problem of a dataset and summarise it")
-    c.add_argument("dataset", help="dataset folder")
+    c.add_argument("dataset", help="dataset folder, or a classification CSV (path,label[,group])")
+    c.add_argument("--csv", help="classification CSV of path,label[,group] (relative to DATASET)")
     c.add_argument("--classes", help="class names for an images/ + masks/ folder, e.g. background,cell")
     c.add_argument(
         "--ignore-index", type=int, help="label value for unannotated pixels, allowed besides classes"
@@ -127,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<dataset>_<model>)")
     p.add_argument(
         "--task",
-        choices=("semantic", "instance"),
-        help="semantic (class per pixel) or instance (deep watershed); default: what dataset.json says",
+        choices=("semantic", "instance", "classify"),
+        help="semantic (class per pixel), instance (deep watershed) or classify (one class per image); "
+        "default: what dataset.json says, classify for a class-per-folder set or CSV",
     )
     p.add_argument("--model", help="model name (see `medseg models`), default unet")
     p.add_argument("--epochs", type=int, help="number of epochs")
@@ -171,7 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         help="run the torch model (default) or RUN/export/model.onnx (write it first: medseg export RUN)",
     )
+    p.add_argument(
+        "--explain", action="store_true", help="classification runs: Grad-CAM heatmaps in OUT/heatmaps/"
+    )
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("explain", parents=[common], help="Grad-CAM heatmaps or feature maps for one image")
+    p.add_argument("run", help="run folder (classification or segmentation)")
+    p.add_argument("image", help="image file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--class",
+        dest="class_name",
+        help="class to explain (default: the predicted class; segmentation: the largest predicted one)",
+    )
+    p.add_argument("--layer", help="module name of the Grad-CAM layer (default: the model's own choice)")
+    p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam", help="default gradcam")
+    p.add_argument("--feature-maps", action="store_true", help="write a gallery of layer activations instead")
+    p.add_argument("--layers", help="layers for --feature-maps, comma-separated (default: each stage)")
+    p.add_argument("-k", type=int, default=16, help="channels shown per layer with --feature-maps (16)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_explain)
 
     p = sub.add_parser("export", parents=[common], help="export a run's network to ONNX (RUN/export)")
     p.add_argument("run", help="run folder")
@@ -195,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=int, default=None, help="largest image, height x width (default 25000000)"
     )
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="run the torch model (default) or RUN/export/model.onnx (write it first: medseg export RUN)",
+    )
     p.set_defaults(func=_serve)
     return parser
 
@@ -239,10 +273,26 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _phantom_blood(args: argparse.Namespace) -> int:
+    if args.crops:
+        return _phantom_blood_crops(args)
     from medseg.data.phantoms import write_blood_dataset
 
     out = write_blood_dataset(args.out, args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} blood smear phantoms to {out}")
+    return 0
+
+
+def _phantom_blood_crops(args: argparse.Namespace) -> int:
+    from medseg.data.classification import open_classification_dataset
+    from medseg.data.phantoms.crops import write_wbc_crops
+
+    out = write_wbc_crops(args.out, args.n, size=args.size, crop=args.crop, seed=args.seed)
+    counts = open_classification_dataset(out / "labels.csv").class_counts()
+    print(
+        f"wrote {sum(counts.values())} white-cell crops of {args.crop}x{args.crop} from {args.n} smears to "
+        f"{out} ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+    )
+    print(f"next: medseg train {out / 'labels.csv'} --task classify --model simple_cnn")
     return 0
 
 
@@ -279,6 +329,10 @@ def _data_import_deepcell(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
+    from medseg.workflows.classify import is_classification_dataset
+
+    if args.csv or is_classification_dataset(args.dataset):
+        return _data_check_classification(args)
     from medseg.data.dataset import check_dataset
 
     report = check_dataset(args.dataset, classes=_split_classes(args.classes), ignore_index=args.ignore_index)
@@ -295,6 +349,37 @@ def _data_check(args: argparse.Namespace) -> int:
             objects = s["objects"]
             typed = ", ".join(f"{k} {v}" for k, v in objects.items() if k)
             print(f"objects   {sum(objects.values())} instances{': ' + typed if typed else ''}")
+    if report.ok:
+        print("no problems found")
+        return 0
+    print(f"{len(report.problems)} problem(s):", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _data_check_classification(args: argparse.Namespace) -> int:
+    from medseg.data.classification import check_classification_dataset
+
+    report = check_classification_dataset(args.dataset, csv=args.csv, classes=_split_classes(args.classes))
+    s = report.summary
+    if s:
+        print(f"dataset   {s['dataset']} (classification, {s['layout']} layout)")
+        print(f"images    {s['images']} in {s['groups']} group(s)")
+        print(f"channels  {', '.join(f'{k} ({v} images)' for k, v in s['channels'].items()) or '-'}")
+        sizes = list(s["sizes"].items())
+        shown = ", ".join(f"{k} ({v})" for k, v in sizes[:5]) + (" ..." if len(sizes) > 5 else "")
+        print(f"sizes     {shown or '-'}")
+        total = max(1, s["images"])
+        counts = s["class_counts"]
+        print("classes   " + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in counts.items()))
+        imbalance = s["imbalance"]
+        largest, smallest = imbalance["largest"], imbalance["smallest"]
+        if largest is not None:
+            ratio = imbalance["ratio"]
+            ratio = f"{ratio:.2f}x" if ratio != float("inf") else "infinite"
+            extremes = f"largest {largest} {counts[largest]}, smallest {smallest} {counts[smallest]}"
+            print(f"imbalance {ratio} ({extremes})")
     if report.ok:
         print("no problems found")
         return 0
@@ -336,6 +421,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medseg.workflows.evaluate import evaluate
 
     summary = evaluate(args.run, args.dataset, split=args.split, spacing=args.spacing, device=args.device)
+    if summary.get("task") == "classify":
+        _print_classification_summary(summary)
+        print(f"written to {Path(args.run) / 'eval'}")
+        return 0
     if summary.get("task") == "instance":
         _print_instance_summary(summary)
         print(f"written to {Path(args.run) / 'eval'}")
@@ -356,6 +445,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(f"written to {Path(args.run) / 'eval'}")
     return 0
+
+
+def _print_classification_summary(summary: dict) -> None:
+    print(f"{summary['num_images']} images ({summary['split']}) from {summary['dataset']}")
+    print(
+        f"accuracy {_f(summary['accuracy'], 0)}   balanced accuracy {_f(summary['balanced_accuracy'], 0)}   "
+        f"macro F1 {_f(summary['macro_f1'], 0)}   macro AUC {_f(summary['macro_auc'], 0)}   "
+        f"ECE {_f(summary['ece'], 0)}"
+    )
+    names = summary["class_names"]
+    width = max(16, *(len(n) + 1 for n in names))
+    print(f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'auc':>7} {'support':>8}")
+    for name in names:
+        m = summary["per_class"][name]
+        print(
+            f"{name:<{width}} {_f(m['precision'], 9)} {_f(m['recall'])} {_f(m['f1'])} {_f(m['auc'])} "
+            f"{m['support']:>8}"
+        )
+    print("confusion matrix (rows: true, columns: predicted)")
+    cells = max(5, *(len(str(v)) for row in summary["confusion_matrix"] for v in row))
+    print(" " * width + " " + " ".join(f"{n[:cells]:>{cells}}" for n in names))
+    for name, row in zip(names, summary["confusion_matrix"], strict=True):
+        print(f"{name:<{width}} " + " ".join(f"{v:>{cells}}" for v in row))
 
 
 def _print_instance_summary(summary: dict) -> None:
@@ -390,6 +502,7 @@ def _f(value: float | None, width: int = 7, digits: int = 3) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from medseg.workflows.classify import is_classification_run
     from medseg.workflows.predict import predict
 
     overrides = list(args.overrides)
@@ -402,6 +515,20 @@ def _predict(args: argparse.Namespace) -> int:
         overrides.append("inference.tta=true")
     if args.tile is not None:
         overrides.append(f"inference.tile={args.tile}")
+    if is_classification_run(args.run):
+        from medseg.workflows.classify import predict_classifier
+
+        if args.backend != "torch":
+            raise MedsegError(f"predict --backend {args.backend}: classification runs predict with torch")
+        path = predict_classifier(
+            args.run, args.inputs, args.out, device=args.device, overrides=overrides, explain=args.explain
+        )
+        print(f"{path.name}{' and heatmaps' if args.explain else ''} written to {args.out}")
+        return 0
+    if args.explain:
+        raise MedsegError(
+            f"predict --explain: {args.run} is a segmentation run; use `medseg explain RUN IMAGE --class C`"
+        )
     summary = predict(
         args.run,
         args.inputs,
@@ -412,6 +539,32 @@ def _predict(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"masks, overlays and {summary.name} written to {args.out}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from medseg.workflows.explain import explain
+
+    layers = _split_classes(args.layers)
+    if layers and not args.feature_maps:
+        raise MedsegError("explain --layers: only used with --feature-maps (Grad-CAM takes one --layer)")
+    result = explain(
+        args.run,
+        args.image,
+        args.out,
+        class_name=args.class_name,
+        layer=args.layer,
+        method=args.method,
+        feature_maps=args.feature_maps,
+        layers=layers,
+        k=args.k,
+        device=args.device,
+    )
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
+    print(result.describe())
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 
@@ -455,6 +608,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         max_upload_mb=args.max_upload_mb,
         device=args.device,
+        backend=args.backend,
         **limits,
     )
     return 0

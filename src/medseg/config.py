@@ -40,6 +40,7 @@ class DataConfig:
     ignore_index: int = -1  # label value excluded from loss and metrics (-1: none)
     num_workers: int = 1
     samples_per_epoch: int = 0  # training crops per epoch; 0 = one per training case
+    mask_with: str = ""  # classify: segmentation run whose predicted region crops/masks each image
 
     @property
     def class_names(self) -> list[str]:
@@ -146,6 +147,9 @@ class ClassifyConfig:
     class_weights: Any = "none"  # cross-entropy weights: none | auto (inverse frequency) | one per class
     balanced_sampling: bool = False  # draw training images with equal probability per class
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    mask_classes: list[str] = field(default_factory=list)  # data.mask_with classes forming the region
+    mask_mode: str = "crop"  # crop (to the region's box) | mask (zero outside) | both
+    mask_margin: float = 0.1  # crop: widen the box by this fraction of its size on each side
 
 
 @dataclass
@@ -246,6 +250,16 @@ def _check_classify(config: Config) -> None:
             f"classify.class_weights: {len(weights)} values for {len(config.data.labels)} classes "
             f"({', '.join(config.data.class_names)})"
         )
+    if c.mask_mode not in ("crop", "mask", "both") or c.mask_margin < 0:
+        raise ConfigError(
+            f"classify.mask_mode: crop, mask or both (got {c.mask_mode!r}); classify.mask_margin >= 0"
+        )
+    if config.data.mask_with and config.task not in ("", "classify"):
+        raise ConfigError(
+            f"data.mask_with: only a classify run is guided by a segmentation run, not {config.task}"
+        )
+    if config.task == "classify" and config.model.freeze_encoder:
+        raise ConfigError("model.freeze_encoder: a classify run freezes its encoder with classify.transfer")
     if config.task == "classify" and config.loss.class_weights:
         raise ConfigError("loss.class_weights: a classify run takes its weights from classify.class_weights")
 

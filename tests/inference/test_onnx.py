@@ -214,3 +214,24 @@ def test_cli_export_then_predict_with_onnxruntime(tmp_path: Path, capsys: pytest
     elsewhere = tmp_path / "bundle"
     assert main(["export", str(run), "--out", str(elsewhere)]) == 0
     assert sorted(p.name for p in elsewhere.iterdir()) == ["bundle.json", "model.onnx"]
+
+
+def test_web_app_serves_the_onnx_export(exported: dict[str, Path]):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from medseg.web.app import create_app
+    from medseg.workflows.predict import segment_image
+
+    run = exported["unet_tiny"]
+    picture = image((40, 52), seed=3)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    with TestClient(create_app([run], backend="onnxruntime")) as client:
+        answer = client.post("/api/predict", files={"file": ("a.png", buffer.getvalue(), "image/png")})
+        assert answer.status_code == 200, answer.text
+        mask = client.get(answer.json()["downloads"]["mask_png"])
+    expected = segment_image(Predictor.from_run(run, backend="onnxruntime"), picture)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(mask.content))), expected.labels)

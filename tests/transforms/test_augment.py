@@ -371,3 +371,24 @@ def test_center_crop_or_pad_is_centred_and_deterministic():
     back_image, back_mask = center_crop_or_pad(padded_image, padded_mask, (10, 12))
     np.testing.assert_array_equal(back_image, image)
     np.testing.assert_array_equal(back_mask, mask)
+
+
+def test_random_crop_draws_centres_from_the_sample_mask():
+    # instance ids: 40 common objects and one rare one; the sample mask types them (1 common, 2 rare)
+    ids = np.zeros((200, 200), np.int32)
+    types = np.zeros((200, 200), np.int8)
+    for i in range(40):
+        r, c = divmod(i, 8)
+        ids[5 + 20 * r : 12 + 20 * r, 5 + 20 * c : 12 + 20 * c] = i + 1
+        types[5 + 20 * r : 12 + 20 * r, 5 + 20 * c : 12 + 20 * c] = 1
+    ids[180:190, 180:190], types[180:190, 180:190] = 41, 2
+    image = np.zeros((1, 200, 200), np.float32)
+    hits = {"ids": 0, "types": 0}
+    for seed in range(200):
+        for key, sample in (("ids", None), ("types", types)):
+            rng = np.random.default_rng(seed)
+            _, patch = random_crop(image, ids, (32, 32), rng, foreground_p=1.0, sample_mask=sample)
+            hits[key] += int((patch == 41).any())
+    assert hits["types"] > 80 and hits["ids"] < 30  # ~1/2 of patches vs ~1/41 (+ neighbours)
+    with pytest.raises(ValueError, match="sample_mask shape"):
+        random_crop(image, ids, (32, 32), np.random.default_rng(0), sample_mask=types[:10])

@@ -38,6 +38,7 @@ class PatchDataset:
         *,
         pad_label: int = 0,
         target_fn: Callable[[np.ndarray, int], np.ndarray] | None = None,
+        sample_masks: Sequence[np.ndarray | None] | None = None,
     ) -> None:
         if len(images) != len(labels) or not images:
             raise ValueError("PatchDataset needs as many labels as images, and at least one")
@@ -47,6 +48,7 @@ class PatchDataset:
         self.augment_config = augment_config
         self.pad_label = pad_label
         self.target_fn = target_fn
+        self.sample_masks = list(sample_masks) if sample_masks is not None else [None] * len(self.images)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,7 +61,12 @@ class PatchDataset:
         index, seed = key
         rng = np.random.default_rng(seed)
         image, label = random_crop(
-            self.images[index], self.labels[index], self.patch_size, rng, pad_value_mask=self.pad_label
+            self.images[index],
+            self.labels[index],
+            self.patch_size,
+            rng,
+            pad_value_mask=self.pad_label,
+            sample_mask=self.sample_masks[index],
         )
         image, label = augment(image, label, self.augment_config, rng)
         if self.target_fn is not None:

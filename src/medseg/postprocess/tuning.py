@@ -21,6 +21,7 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "interior_threshold": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "min_distance": (2, 3, 4, 5, 6, 8, 10),
     "small_objects_threshold": (0, 5, 10, 20, 40, 80, 120, 160),
+    "maxima_smooth": (0.0, 1.0, 2.0),  # merges the several peaks a textured cell can raise
 }
 
 

@@ -260,6 +260,13 @@ def summary_section(run: RunFolder) -> str:
         types = instance.get("classes") or []
         names, colors = [], []
         rows.append(("objects", escape(", ".join(map(str, types))) if types else "untyped"))
+    classify = run.section("classify") if run.config.get("task") == "classify" else None
+    if classify is not None:  # one class per image: no colours, but how many training images each had
+        counts = summary.get("train_class_counts")
+        counts = counts if isinstance(counts, dict) else {}
+        listed = [escape(n) + (f"&nbsp;({fmt(counts[n])})" if n in counts else "") for n in names if n]
+        rows.append(("classes" + (" (training images)" if counts else ""), " · ".join(listed)))
+        names, colors = [], []
     if names:
         rows.append(
             (
@@ -279,6 +286,14 @@ def summary_section(run: RunFolder) -> str:
             heads.append(("types", "class_weight"))
         terms = " + ".join(f"{_compact(instance.get(key))}·{name}" for name, key in heads)
         settings.insert(0, f"deep watershed loss {terms}")
+    elif classify is not None:
+        weights = classify.get("class_weights", "none")
+        loss_text = "cross-entropy" + ("" if weights in ("none", None) else f", class weights {fmt(weights)}")
+        if classify.get("balanced_sampling"):
+            loss_text += ", balanced sampling"
+        settings.insert(0, loss_text)
+        settings.append(f"input {fmt(classify.get('image_size'))} px ({fmt(classify.get('fit'))})")
+        settings.append(f"transfer {fmt(classify.get('transfer'))}")
     elif isinstance(loss, dict) and {"dice_weight", "ce_weight"} <= set(loss):
         settings.insert(0, f"loss {_compact(loss['dice_weight'])}·Dice + {_compact(loss['ce_weight'])}·CE")
     if settings:
@@ -315,7 +330,10 @@ def summary_section(run: RunFolder) -> str:
         if (path := run.file(f"checkpoints/{name}")) is not None
     ]
     rows.append(("checkpoints", " · ".join(checkpoints) if checkpoints else "none yet"))
-    if evaluation is not None and evaluation.get("task") == "instance":
+    if evaluation is not None and evaluation.get("task") == "classify":
+        scores = f", balanced accuracy {fmt(evaluation.get('balanced_accuracy'))}"
+        rows.append(("evaluated on", _evaluation_line(evaluation) + scores))
+    elif evaluation is not None and evaluation.get("task") == "instance":
         pooled = evaluation.get("pooled") if isinstance(evaluation.get("pooled"), dict) else {}
         scores = f", F1@0.5 {fmt(pooled.get('f1@0.5'))}, PQ {fmt(pooled.get('pq'))}"
         rows.append(("evaluated on", _evaluation_line(evaluation) + scores))
@@ -355,7 +373,7 @@ def curves_section(run: RunFolder) -> str:
     last = {key: values[-1] for key, values in metrics.items()}
     parts = [
         f"{key.replace('_', ' ')} {last[key]:.3f}"
-        for key in ("train_loss", "val_loss", "val_dice")
+        for key in ("train_loss", "val_loss", "val_dice", "val_balanced_accuracy")
         if key in last and math.isfinite(last[key])
     ]
     count = metrics["epoch"].size
@@ -371,6 +389,8 @@ def evaluation_section(run: RunFolder) -> str:
         return note(f"not evaluated yet: run {_code(f'medseg evaluate {run.path} DATASET')}.")
     if evaluation.get("task") == "instance":
         return _instance_evaluation(run, evaluation)
+    if evaluation.get("task") == "classify":
+        return _classification_evaluation(run, evaluation)
     per_class = evaluation.get("per_class") or {}
     mean = evaluation.get("mean") or {}
     present = [m for entry in [*per_class.values(), mean] if isinstance(entry, dict) for m in entry]
@@ -448,6 +468,105 @@ def _instance_evaluation(run: RunFolder, evaluation: dict[str, Any]) -> str:
         _worst_cases(run),
     ]
     return "".join(parts)
+
+
+_CLASSIFICATION_ROWS = (
+    ("accuracy", "accuracy"),
+    ("balanced accuracy (mean recall)", "balanced_accuracy"),
+    ("macro precision / recall / F1", None),
+    ("macro AUC (one vs rest)", "macro_auc"),
+    ("expected calibration error", "ece"),
+)
+_MISTAKES_SHOWN = 12
+
+
+def _classification_evaluation(run: RunFolder, evaluation: dict[str, Any]) -> str:
+    """Overall and per-class scores, the confusion matrix and reliability plots, the surest mistakes."""
+    from medseg.report.plots import plot_confusion_matrix, plot_reliability
+
+    rows = []
+    for title, key in _CLASSIFICATION_ROWS:
+        if key is None:
+            keys = ("macro_precision", "macro_recall", "macro_f1")
+            value = " / ".join(fmt(evaluation.get(k)) for k in keys)
+        else:
+            value = fmt(evaluation.get(key))
+        rows.append([escape(title), f"<span>{value}</span>"])
+    per_class = evaluation.get("per_class") if isinstance(evaluation.get("per_class"), dict) else {}
+    columns = ("precision", "recall", "f1", "auc", "support")
+    class_rows = [
+        [escape(str(name)), *(fmt((entry or {}).get(c)) for c in columns)]
+        for name, entry in per_class.items()
+    ]
+    parts = [
+        f"<p>evaluated on {_evaluation_line(evaluation)} (split {fmt(evaluation.get('split'))}).</p>",
+        table(["metric", "value"], rows),
+        table(["class", *columns], class_rows) if class_rows else note("no per-class metrics."),
+        '<div class="figures">',
+    ]
+    if evaluation.get("confusion_matrix"):
+        png = plot_confusion_matrix(evaluation, run.path / "plots" / "confusion_matrix.png")
+        parts.append(embed_file(png, alt="confusion matrix", caption="rows: true class, columns: predicted"))
+    if evaluation.get("reliability"):
+        png = plot_reliability(evaluation, run.path / "plots" / "reliability.png")
+        parts.append(embed_file(png, alt="reliability diagram", caption="top-label confidence per bin"))
+    parts.append("</div>")
+    parts.append(_classification_mistakes(run, evaluation))
+    return "".join(parts)
+
+
+def _classification_mistakes(run: RunFolder, evaluation: dict[str, Any]) -> str:
+    """The misclassified images the model was surest about (from ``eval/per_image.csv``), as thumbnails
+    when the evaluated dataset is still where it was."""
+    path = run.file("eval/per_image.csv")
+    if path is None:
+        return note("no per-image predictions (eval/per_image.csv).")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            records = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RunError(f"{path}: cannot read CSV ({exc})") from exc
+    wrong = [r for r in records if r.get("correct") == "0"]
+    if not wrong:
+        return note(f"no misclassified image among the {len(records)} evaluated.")
+    wrong.sort(key=lambda r: -_number(r.get("probability")))
+    dataset = Path(str(evaluation.get("dataset") or ""))
+    root = dataset.parent if dataset.suffix.lower() == ".csv" else dataset
+    from medseg.errors import DataError
+    from medseg.io import read_image
+    from medseg.report.overlays import image_to_rgb8
+
+    figures = []
+    for record in wrong[:_MISTAKES_SHOWN]:
+        caption = (
+            f"{record.get('true')} → {record.get('predicted')} ({_number(record.get('probability')):.2f})"
+        )
+        file = root / str(record.get("file") or "")
+        try:
+            thumbnail = _thumbnail(image_to_rgb8(read_image(file)))
+        except (DataError, ValueError, OSError):
+            figures.append(
+                f'<figure class="missing"><figcaption>{escape(caption)}<br>'
+                f"{escape(str(record.get('file')))}</figcaption></figure>"
+            )
+            continue
+        figures.append(embed_array(thumbnail, alt=str(record.get("file")), caption=caption))
+    title = (
+        f"<h3>{min(len(wrong), _MISTAKES_SHOWN)} of {len(wrong)} misclassified images, surest first "
+        "(true → predicted, probability)</h3>"
+    )
+    return title + f'<div class="thumbs">{"".join(figures)}</div>'
+
+
+def _thumbnail(image: np.ndarray, side: int = 128) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image scaled (nearest neighbour when enlarging) to ``side`` on its long side."""
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    scale = side / max(picture.size)
+    size = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    return np.asarray(picture.resize(size, resample))
 
 
 def _evaluation_line(evaluation: dict[str, Any]) -> str:
@@ -535,7 +654,9 @@ def _overlay_caption(path: Path) -> str:
     return f"{match.group(1)} {match.group(2)}: {match.group(3)}" if match else path.stem
 
 
-def overlays_section(run: RunFolder) -> str:
+def overlays_section(run: RunFolder) -> str | None:
+    if run.config.get("task") == "classify":
+        return None  # no masks to overlay: the evaluation section shows the misclassified images
     folder = run.path / "eval" / "overlays"
     files = (
         sorted((p for p in folder.glob("*") if p.suffix.lower() in _MIMES), key=_overlay_order)
@@ -563,7 +684,9 @@ def overlays_section(run: RunFolder) -> str:
     return "".join(parts)
 
 
-def progress_section(run: RunFolder) -> str:
+def progress_section(run: RunFolder) -> str | None:
+    if run.config.get("task") == "classify":
+        return None  # classification runs write no snapshots
     gif = run.file("snapshots/progress.gif")
     if gif is None:
         return note("no progress animation: training writes snapshots/progress.gif when snapshots are on.")
@@ -684,6 +807,11 @@ details { margin: 8px 0; }
 summary { cursor: pointer; color: #0b62c4; }
 figure { margin: 10px 0 22px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ececf0; }
+.figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.figures figure { margin: 6px 0 12px; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 10px; }
+.thumbs figure { margin: 0; width: 140px; }
+.thumbs figure.missing { border: 1px dashed #c8c8d0; padding: 6px; }
 .key { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
 .key span { width: 90px; color: #6e6e73; font-size: 13px; }
 figcaption { color: #6e6e73; font-size: 13px; margin-top: 3px; }

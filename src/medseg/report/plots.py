@@ -77,9 +77,10 @@ def metric_columns(columns: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def best_epoch(columns: Mapping[str, np.ndarray]) -> tuple[int, str, float] | None:
-    """``(epoch, column, value)`` of the best validation epoch: highest ``val_dice`` (else lowest
-    ``val_loss``); ``None`` when neither column holds a number."""
-    for name, pick in (("val_dice", np.nanargmax), ("val_loss", np.nanargmin)):
+    """``(epoch, column, value)`` of the best validation epoch: highest ``val_dice`` (classifiers:
+    ``val_balanced_accuracy``), else lowest ``val_loss``; ``None`` when no such column holds a number."""
+    picks = (("val_dice", np.nanargmax), ("val_balanced_accuracy", np.nanargmax), ("val_loss", np.nanargmin))
+    for name, pick in picks:
         values = columns.get(name)
         if values is not None and np.isfinite(values).any():
             index = int(pick(np.where(np.isfinite(values), values, np.nan)))
@@ -152,7 +153,7 @@ def plot_training_curves(metrics_csv: str | os.PathLike[str], out_png: str | os.
             " (mean)" if is_mean and any(p.startswith(name + "_") for p in per_class) else ""
         )
         axis.plot(epochs, values, label=label, **style, **marker)
-    if best is not None and best[1] == "val_dice":
+    if best is not None and best[1] != "val_loss":
         ax_metric.plot(
             [best[0]],
             [best[2]],
@@ -315,4 +316,109 @@ def plot_per_class_bars(metrics_json_dict: Mapping[str, Any], out_png: str | os.
     if metrics_json_dict.get("num_images") is not None:
         title += f" ({metrics_json_dict['num_images']} images)"
     axis.set_title(title, fontsize=11)
+    return _save(fig, out_png)
+
+
+def plot_confusion_matrix(metrics_json_dict: Mapping[str, Any], out_png: str | os.PathLike[str]) -> Path:
+    """The confusion matrix of a classification evaluation: counts in the cells, each row coloured by
+    the fraction of its true class (so a small class is as visible as a large one).
+
+    Args:
+        metrics_json_dict: ``eval/metrics.json`` of a classification run: ``{"confusion_matrix": K lists
+            of K counts (rows = true), "class_names": K names, ...}``.
+        out_png: the PNG to write (atomically).
+
+    Raises:
+        ValueError: no K x K matrix with K class names.
+    """
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(metrics_json_dict.get("confusion_matrix") or [], dtype=np.int64)
+    names = [str(n) for n in metrics_json_dict.get("class_names") or []]
+    if matrix.ndim != 2 or matrix.shape != (len(names), len(names)) or not names:
+        raise ValueError("evaluation metrics hold no K x K confusion matrix with K class names")
+    totals = matrix.sum(axis=1, keepdims=True)
+    fractions = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    side = min(11.0, max(3.4, 0.55 * len(names) + 2.0))
+    fig = Figure(figsize=(side + 0.9, side), dpi=_DPI, layout="constrained")
+    axis = fig.add_subplot()
+    shown = axis.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    if len(names) <= 20:
+        for (row, col), count in np.ndenumerate(matrix):
+            color = "white" if fractions[row, col] > 0.55 else "#1d1d1f"
+            axis.text(col, row, str(count), ha="center", va="center", fontsize=9, color=color)
+    ticks = np.arange(len(names))
+    axis.set_xticks(
+        ticks, names, rotation=35 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center"
+    )
+    axis.set_yticks(ticks, names)
+    axis.tick_params(labelsize=9)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"confusion matrix ({int(matrix.sum())} images)", fontsize=11)
+    fig.colorbar(shown, ax=axis, shrink=0.8, label="fraction of the true class")
+    return _save(fig, out_png)
+
+
+def plot_reliability(metrics_json_dict: Mapping[str, Any], out_png: str | os.PathLike[str]) -> Path:
+    """Reliability diagram of a classification evaluation: accuracy against mean top-label confidence
+    per confidence bin, with the diagonal of perfect calibration and the number of images per bin.
+
+    Args:
+        metrics_json_dict: ``eval/metrics.json`` of a classification run: ``{"reliability": [{"lower",
+            "upper", "count", "confidence", "accuracy"}, ...], "ece": ..., ...}``.
+        out_png: the PNG to write (atomically).
+
+    Raises:
+        ValueError: no reliability bins.
+    """
+    from matplotlib.figure import Figure
+
+    bins = [b for b in metrics_json_dict.get("reliability") or [] if isinstance(b, Mapping)]
+    if not bins:
+        raise ValueError("evaluation metrics hold no reliability bins")
+    lower = np.array([_to_float(b.get("lower")) for b in bins])
+    upper = np.array([_to_float(b.get("upper")) for b in bins])
+    count = np.array([_to_float(b.get("count")) for b in bins])
+    accuracy = np.array([_to_float(b.get("accuracy")) for b in bins])
+    confidence = np.array([_to_float(b.get("confidence")) for b in bins])
+    filled = count > 0
+    fig = Figure(figsize=(4.3, 4.4), dpi=_DPI, layout="constrained")
+    grid = fig.add_gridspec(2, 1, height_ratios=[3, 1])
+    axis = fig.add_subplot(grid[0])
+    widths = upper - lower
+    axis.bar(
+        lower[filled],
+        accuracy[filled],
+        widths[filled],
+        align="edge",
+        color="#0072b2",
+        alpha=0.85,
+        edgecolor="white",
+        label="accuracy",
+    )
+    axis.plot(
+        ((lower + upper) / 2)[filled],
+        confidence[filled],
+        linestyle="none",
+        marker="_",
+        markersize=11,
+        markeredgewidth=2.5,
+        color="#d55e00",
+        label="mean confidence",
+    )
+    axis.plot([0, 1], [0, 1], linestyle="--", color="#555555", linewidth=1, label="perfect calibration")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy")
+    ece = _to_float(metrics_json_dict.get("ece"))
+    axis.set_title("reliability" + ("" if math.isnan(ece) else f" (ECE {ece:.3f})"), fontsize=11)
+    axis.legend(fontsize=8, loc="upper left")
+    axis.grid(True, color="#e5e5e5", linewidth=0.8)
+    axis.tick_params(labelsize=9, labelbottom=False)
+    counts = fig.add_subplot(grid[1], sharex=axis)
+    counts.bar(lower, count, widths, align="edge", color="#7f7f7f", edgecolor="white")
+    counts.set_xlabel("top-label confidence")
+    counts.set_ylabel("images")
+    counts.tick_params(labelsize=9)
     return _save(fig, out_png)

@@ -224,6 +224,7 @@ def random_crop(
     *,
     pad_value_mask: int = 0,
     foreground_p: float = 0.33,
+    sample_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Crop a random ``size`` patch, oversampling foreground like nnU-Net.
 
@@ -241,6 +242,9 @@ def random_crop(
         rng: the sample's own generator.
         pad_value_mask: label for padded mask pixels (0 = background, or an ``ignore_index``).
         foreground_p: probability of a foreground-centred patch, in ``[0, 1]``.
+        sample_mask: ``(H, W)`` integer classes to draw the centre from instead of ``mask`` (e.g. the
+            cell type of each pixel when ``mask`` holds instance ids, so a rare type is centred as often
+            as a common one); 0 = background.
 
     Returns:
         ``(image, mask)`` patches of spatial size ``size``, new arrays in the input dtypes.
@@ -253,19 +257,24 @@ def random_crop(
     if not 0.0 <= foreground_p <= 1.0:
         raise ValueError(f"foreground_p must be in [0, 1], got {foreground_p}")
     _check_crop_pair(image, mask)
+    if sample_mask is not None and sample_mask.shape != image.shape[-2:]:
+        raise ValueError(f"sample_mask shape {sample_mask.shape} does not match image {image.shape[-2:]}")
+    if sample_mask is not None:
+        _, sample_mask = _pad_to(image, sample_mask, (height, width), 0)
     image, mask = _pad_to(image, mask, (height, width), pad_value_mask)
     padded_height, padded_width = image.shape[-2:]
     use_foreground = rng.random() < foreground_p
     foreground = np.empty(0, np.intp)
-    if use_foreground and mask is not None:
+    centres = sample_mask if sample_mask is not None else mask
+    if use_foreground and centres is not None:
         # As nnU-Net: first a foreground class present in the mask, uniformly, then one of its pixels,
         # so a rare class (nuclei among many red cells) is centred as often as a common one.
-        classes = np.unique(mask)
-        classes = classes[(classes > 0) & (classes != pad_value_mask)]
+        classes = np.unique(centres)
+        classes = classes[(classes > 0) & ((classes != pad_value_mask) | (sample_mask is not None))]
         if classes.size:
-            foreground = np.flatnonzero(mask == classes[rng.integers(classes.size)])
+            foreground = np.flatnonzero(centres == classes[rng.integers(classes.size)])
     if foreground.size:
-        row, col = np.unravel_index(foreground[rng.integers(foreground.size)], mask.shape)
+        row, col = np.unravel_index(foreground[rng.integers(foreground.size)], centres.shape)
         jitter_row = rng.integers(-(height // 4), height // 4 + 1)
         jitter_col = rng.integers(-(width // 4), width // 4 + 1)
         top = int(np.clip(row - height // 2 + jitter_row, 0, padded_height - height))

@@ -92,6 +92,7 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     device: str = "auto",
     allowed_hosts: Sequence[str] | None = None,
+    backend: str = "torch",
 ) -> FastAPI:
     """Build the web app serving ``runs`` (each model is loaded now, once).
 
@@ -103,6 +104,7 @@ def create_app(
         device: ``auto``, ``cpu`` or ``cuda``, for every model.
         allowed_hosts: accepted ``Host`` headers (guards a loopback server against DNS rebinding);
             ``None`` accepts any.
+        backend: ``torch``, or ``onnxruntime`` to run each run's ONNX export (``medseg export RUN``).
 
     Raises:
         RunError: a folder is not a trained run.
@@ -120,7 +122,7 @@ def create_app(
         while name in models:
             index += 1
             name = f"{run.resolve().name}_{index}"
-        models[name] = ServedModel(name, run, Predictor.from_run(run, device=device))
+        models[name] = ServedModel(name, run, Predictor.from_run(run, device=device, backend=backend))
     max_bytes = int(max_upload_mb * 1024 * 1024)
     results = _ResultCache(_CACHED_RESULTS)
 
@@ -324,6 +326,7 @@ def serve(
     max_upload_mb: float = 50,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     device: str = "auto",
+    backend: str = "torch",
 ) -> None:
     """Run the web app with uvicorn until interrupted (``medseg serve``).
 
@@ -335,7 +338,12 @@ def serve(
     loopback = host in LOOPBACK_HOSTS
     allowed = [*LOOPBACK_HOSTS, "[::1]"] if loopback else None
     app = create_app(
-        runs, max_upload_mb=max_upload_mb, max_pixels=max_pixels, device=device, allowed_hosts=allowed
+        runs,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        device=device,
+        allowed_hosts=allowed,
+        backend=backend,
     )
     if not loopback:
         print(f"medseg: warning: serving on {host}: anyone who can reach this address can use the models")

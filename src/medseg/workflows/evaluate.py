@@ -37,6 +37,10 @@ def evaluate(
         The summary written to ``RUN/eval/metrics.json``: ``{"dataset", "split", "num_images",
         "per_class": {class: {metric: mean}}, "mean": {metric: mean over foreground classes}}``.
     """
+    from medseg.workflows.classify import evaluate_classifier, is_classification_run
+
+    if is_classification_run(run_dir):
+        return evaluate_classifier(run_dir, dataset, split=split, device=device)
     from tqdm.auto import tqdm
 
     from medseg.inference.predictor import Predictor

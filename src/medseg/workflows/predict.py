@@ -196,6 +196,12 @@ def predict(
     Raises:
         DataError: unreadable inputs (after writing everything else), or no inputs.
     """
+    from medseg.workflows.classify import is_classification_run, predict_classifier
+
+    if is_classification_run(run_dir):  # predictions.csv instead of masks
+        if backend != "torch":
+            raise DataError(f"--backend {backend}: classification runs predict with torch only")
+        return predict_classifier(run_dir, inputs, out, device=device, overrides=overrides)
     from medseg.inference.predictor import Predictor
 
     if mask_format not in (None, "png", "tif"):

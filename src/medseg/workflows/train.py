@@ -30,7 +30,7 @@ def train(
     overrides: Sequence[str] = (),
     device: str = "auto",
 ) -> Path:
-    """Train a segmentation model and write the run folder.
+    """Train a segmentation model (or a classifier: ``workflows.classify``) and write the run folder.
 
     Args:
         dataset: dataset folder (native layout or images/ + masks/); with ``resume`` may be None to reuse
@@ -49,6 +49,12 @@ def train(
     Raises:
         MedsegError: bad dataset, config or run folder (one line naming the problem).
     """
+    from medseg.workflows.classify import train_classifier, wants_classifier
+
+    if wants_classifier(dataset, config, out, resume):  # class-per-folder or CSV set, or task classify
+        return train_classifier(
+            dataset, config, out, resume=resume, classes=classes, overrides=overrides, device=device
+        )
     from medseg.engine.checkpoint import load_checkpoint
     from medseg.engine.device import pick_device, seed_everything, use_bf16
 
@@ -298,6 +304,16 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         target_fn = InstanceTargets(
             cases.train_types, alpha=inst.alpha, beta=inst.beta, erosion=inst.erosion, boundary=inst.boundary
         )
+    sample_masks = None
+    if instance and config.instance.classes:
+        # centre patches on a random *type*, not a random cell: rare types (white cells among hundreds of
+        # red cells) are then seen as often as common ones
+        sample_masks = [
+            None
+            if lookup is None
+            else (np.append(lookup, -1)[np.where(ids > 0, ids, -1)] + 1).astype(np.int8)
+            for ids, lookup in zip(cases.train_labels, cases.train_types)
+        ]
     patches = PatchDataset(
         cases.train_images,
         cases.train_labels,
@@ -305,6 +321,7 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         config.augment,
         pad_label=pad_label,
         target_fn=target_fn,
+        sample_masks=sample_masks,
     )
     samples = config.data.samples_per_epoch or len(cases.train_images)
     sampler = EpochSampler(len(cases.train_images), samples, t.seed)
