@@ -269,6 +269,20 @@ def _models(args: argparse.Namespace) -> int:
         with torch.device("meta"):  # shapes only: counting needs no memory or initialisation
             params = count_parameters(create_model(name, in_channels=3, num_classes=2))
         print(f"{name:<{width}}  {params:>10,}  {describe_model(name)}")
+    from medseg.models.classifiers import create_classifier, describe_classifier, list_classifiers
+
+    classifiers = list_classifiers(args.pattern)
+    if classifiers:
+        width = max(len(n) for n in classifiers)
+        print(f"\nclassifiers (--task classify)\n{'name':<{width}}  {'params':>10}  description")
+    for name in classifiers:
+        try:
+            with torch.device("meta"):
+                params = count_parameters(create_classifier(name, in_channels=3, num_classes=2))
+            shown = f"{params:>10,}"
+        except Exception:  # a classifier needing an optional package (einops for ViT) is still listed
+            shown = f"{'-':>10}"
+        print(f"{name:<{width}}  {shown}  {describe_classifier(name)}")
     return 0
 
 
