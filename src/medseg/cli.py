@@ -505,6 +505,7 @@ def _print_instance_summary(summary: dict) -> None:
         line = f"type accuracy {_f(summary['type_accuracy'], 0)}"
         if "differential_count_exact_fraction" in summary:
             exact = summary["differential_count_exact_fraction"]
+            line += f" (differential types {_f(summary['differential_type_accuracy'], 0)})"
             line += f"   differential count exact in {exact:.0%} of images"
         print(line)
 

@@ -61,6 +61,67 @@ def instance_client(instance_app):
         yield test_client
 
 
+# As tests/workflows/test_classify.py trains its crop classifier (2 epochs of simple_cnn_tiny on 32 px crops)
+CLASSIFY_TRAIN = [
+    "--task",
+    "classify",
+    "--model",
+    "simple_cnn_tiny",
+    "--set",
+    "classify.image_size=24",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "data.val_fraction=0.3",
+    "--epochs",
+    "2",
+]
+
+
+@pytest.fixture(scope="session")
+def wbc_crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """White-cell crops of 16 small smears (32 px RGB, every type, ``labels.csv``), read-only."""
+    from medseg.data.phantoms import write_wbc_crops
+
+    return write_wbc_crops(tmp_path_factory.mktemp("crops") / "crops", 16, size=96, crop=32)
+
+
+@pytest.fixture(scope="session")
+def classify_run(wbc_crops: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """simple_cnn_tiny trained by ``medseg train`` for 2 epochs on ``wbc_crops`` (read-only)."""
+    from medseg.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "wbc"
+    assert main(["train", str(wbc_crops / "labels.csv"), *CLASSIFY_TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def crop_path(wbc_crops: Path) -> Path:
+    """One white-cell crop (32x32 RGB PNG)."""
+    return next(iter(sorted(wbc_crops.glob("*/*.png"))))
+
+
+@pytest.fixture(scope="session")
+def classify_app(classify_run: Path, trained_run: Path):
+    """The app serving the classification run (the default model) and the semantic run beside it."""
+    from medseg.web import create_app
+
+    return create_app([classify_run, trained_run], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def classify_client(classify_app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(classify_app) as test_client:
+        yield test_client
+
+
 @contextmanager
 def _served(app) -> Iterator[str]:
     """``app`` served by uvicorn on a free loopback port in a background thread; yields its base URL."""
@@ -88,6 +149,13 @@ def _served(app) -> Iterator[str]:
 def live_server(web_app) -> Iterator[str]:
     """The semantic app served on a free loopback port; yields its base URL."""
     with _served(web_app) as url:
+        yield url
+
+
+@pytest.fixture
+def classify_live_server(classify_app) -> Iterator[str]:
+    """The classification + semantic app served on a free loopback port; yields its base URL."""
+    with _served(classify_app) as url:
         yield url
 
 

@@ -152,3 +152,59 @@ def test_bad_file_shows_a_message_not_a_trace(browser, live_server: str, tmp_pat
     assert "not an image medseg can read" in message and "Traceback" not in message
     assert page.is_hidden("#result")
     page.close()
+
+
+def test_classification_run_shows_prediction_and_grad_cam(
+    browser, classify_live_server: str, classify_run: Path, trained_run: Path, crop_path: Path, tmp_path
+):
+    from PIL import Image
+    from playwright import sync_api
+
+    from medseg.io import read_image
+    from medseg.workflows.classify import ClassificationPredictor
+
+    predictor = ClassificationPredictor.from_run(classify_run, device="cpu")
+    expected = predictor.predict(read_image(crop_path), str(crop_path))
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(classify_live_server)
+    page.wait_for_selector("#model option", state="attached")
+    assert page.input_value("#model") == classify_run.name
+    assert "classifier, 5 classes" in page.inner_text("#model option:checked")
+    assert page.locator("#empty-classes li").count() == 5  # the first class is a class, not a background
+    page.set_input_files("#file", str(crop_path))
+    page.wait_for_selector("#prediction-card:not([hidden])", timeout=15_000)
+    sync_api.expect(page.locator("#overlay")).to_have_js_property("naturalWidth", 32)
+
+    assert page.inner_text("#predicted-class") == expected.name
+    shown = page.inner_text("#predicted .predicted-probability")
+    assert float(shown.rstrip(" %")) == pytest.approx(100 * expected.confidence, abs=0.051)
+    bars = page.locator("#probability-bars li")
+    assert bars.count() == 5
+    assert [bars.nth(i).get_attribute("data-class") for i in range(5)] == predictor.class_names
+    assert page.get_attribute("#probability-bars li.top", "data-class") == expected.name
+    assert page.inner_text("#overlay-caption") == f"Grad-CAM · {expected.name}"
+    assert page.is_hidden("#counts-card") and page.is_hidden("#legend") and page.is_visible("#heat-scale")
+    assert page.get_attribute("#dl-heatmap", "href").endswith("/heatmap.png")
+    assert page.get_attribute("#dl-predictions", "href").endswith("/predictions.csv")
+    for link in ("#dl-mask-png", "#dl-mask-tiff", "#dl-overlay", "#dl-csv", "#dl-objects"):
+        assert page.is_hidden(link)
+
+    page.locator("#opacity").fill("0")
+    assert page.locator("#overlay").evaluate("el => getComputedStyle(el).opacity") == "0"
+    page.locator("#opacity").fill("50")
+    shot = tmp_path / "classify.png"
+    page.screenshot(path=str(shot), full_page=True)
+    pixels_rgb = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("RGB"), dtype=np.float64)
+    assert pixels_rgb.std() > 20, "the screenshot looks blank"
+
+    # the semantic model beside it segments the same image: the pixel table is back, the prediction gone
+    page.select_option("#model", trained_run.name)
+    sync_api.expect(page.locator("#counts-title")).to_have_text("Counts", timeout=15_000)
+    sync_api.expect(page.locator("#counts tbody tr")).to_have_count(4)
+    assert page.is_hidden("#prediction-card") and page.is_hidden("#heat-scale") and page.is_visible("#legend")
+    assert page.is_hidden("#dl-heatmap") and page.is_visible("#dl-mask-png")
+    assert page.inner_text("#overlay-caption") == "Overlay"
+    assert errors == []
+    page.close()

@@ -457,6 +457,10 @@ def _instance_evaluation(run: RunFolder, evaluation: dict[str, Any]) -> str:
     )
     if "type_accuracy" in evaluation:
         rows.append(["type accuracy of matched objects", fmt(evaluation.get("type_accuracy"))])
+    if "differential_type_accuracy" in evaluation:
+        rows.append(
+            ["type accuracy of matched differential objects", fmt(evaluation["differential_type_accuracy"])]
+        )
     if "differential_count_exact_fraction" in evaluation:
         rows.append(
             ["images with the exact differential count", fmt(evaluation["differential_count_exact_fraction"])]

@@ -9,6 +9,12 @@ random id for the download links.
 
 Instance runs (deep watershed) answer object counts per type, the differential count over the run's
 ``instance.differential`` types and a CSV of objects besides the instance-id mask.
+
+Classification runs (``task: classify``) are loaded with
+:class:`~medseg.workflows.classify.ClassificationPredictor` and answer the predicted class, the probability
+of every class and a Grad-CAM heatmap of the predicted class: the same ``predict`` call and the same
+:func:`~medseg.workflows.explain.classification_heatmap` as ``medseg predict --explain``, so the page,
+``predictions.csv`` and ``heatmaps/`` of the command line agree.
 """
 
 from __future__ import annotations
@@ -46,8 +52,11 @@ DOWNLOADS = {
     "overlay.png": ("image/png", "overlay_png"),
     "counts.csv": ("text/csv; charset=utf-8", "counts_csv"),
     "objects.csv": ("text/csv; charset=utf-8", "objects_csv"),
+    "heatmap.png": ("image/png", "heatmap_png"),
+    "predictions.csv": ("text/csv; charset=utf-8", "predictions_csv"),
 }
 INSTANCE_ONLY = frozenset({"objects.csv"})
+CLASSIFY_DOWNLOADS = ("heatmap.png", "predictions.csv")  # all a classification result has
 _PNG_MAX_ID = 65535  # 16-bit PNG; instance masks with more objects are offered as TIFF only
 # The colour layer of instance runs: fills translucent, outlines opaque and darker, so touching objects
 # of one type stay apart however the page's opacity slider is set.
@@ -71,7 +80,9 @@ class ServedModel:
 
     name: str
     run_dir: Path
-    predictor: Any  # medseg.inference.Predictor; imported lazily with torch
+    # medseg.inference.Predictor, or a medseg.workflows.classify.ClassificationPredictor for a classification
+    # run; imported lazily with torch
+    predictor: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
     report_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,9 +91,29 @@ class ServedModel:
         with self.lock:
             return self.predictor.predict(image, source)
 
+    def classify(self, image: np.ndarray, source: str = "image"):
+        """A classification run's prediction and Grad-CAM heatmap of the predicted class, under the lock
+        (Grad-CAM hooks the shared model).
+
+        Returns:
+            ``(ClassPrediction, Heatmap)``: :meth:`ClassificationPredictor.predict` and
+            :func:`medseg.workflows.explain.classification_heatmap` for ``prediction.name``.
+        """
+        from medseg.workflows.explain import classification_heatmap
+
+        with self.lock:
+            prediction = self.predictor.predict(image, source)
+            heatmap = classification_heatmap(self.predictor, image, source, class_name=prediction.name)
+        return prediction, heatmap
+
     @property
     def config(self):
         return self.predictor.config
+
+    @property
+    def task(self) -> str:
+        """``semantic``, ``instance`` or ``classify``."""
+        return self.config.task or "semantic"
 
 
 def create_app(
@@ -106,11 +137,16 @@ def create_app(
             ``None`` accepts any.
         backend: ``torch``, or ``onnxruntime`` to run each run's ONNX export (``medseg export RUN``).
 
+    Segmentation runs are loaded with :meth:`Predictor.from_run`, classification runs (``task: classify``)
+    with :meth:`ClassificationPredictor.from_run` (PyTorch only).
+
     Raises:
         RunError: a folder is not a trained run.
-        MedsegError: no runs, or a limit that is not positive.
+        MedsegError: no runs, a limit that is not positive, or a classification run with
+            ``backend="onnxruntime"``.
     """
     from medseg.inference.predictor import Predictor
+    from medseg.workflows.classify import ClassificationPredictor, is_classification_run
 
     if not runs:
         raise MedsegError("serve: give at least one run folder")
@@ -122,7 +158,16 @@ def create_app(
         while name in models:
             index += 1
             name = f"{run.resolve().name}_{index}"
-        models[name] = ServedModel(name, run, Predictor.from_run(run, device=device, backend=backend))
+        if is_classification_run(run):
+            if backend != "torch":
+                raise MedsegError(
+                    f"serve --backend {backend}: {run} is a classification run; classification runs "
+                    "predict with torch (drop --backend or serve it separately)"
+                )
+            predictor = ClassificationPredictor.from_run(run, device=device)
+        else:
+            predictor = Predictor.from_run(run, device=device, backend=backend)
+        models[name] = ServedModel(name, run, predictor)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     results = _ResultCache(_CACHED_RESULTS)
 
@@ -175,6 +220,8 @@ def create_app(
 
         Instance models list their instance types as `classes` (id 0 = background; an untyped model has
         one `objects` class), with `typed` and the `differential` types their percentages are over.
+        Classification models (`task` `classify`) list the classes they choose among (id 0 is a class, not
+        a background) and their input `image_size`.
         """
         return {
             "default": next(iter(models)),
@@ -184,7 +231,7 @@ def create_app(
 
     @app.post(
         "/api/predict",
-        summary="Segment one image",
+        summary="Segment or classify one image",
         responses={
             404: {"description": "unknown model"},
             413: {"description": "the upload is larger than --max-upload-mb"},
@@ -212,6 +259,16 @@ def create_app(
         and an `objects_csv` download (one row per object: label, class, area, centroid_y, centroid_x,
         mean_intensity, eccentricity). In the colour layer each object has its type's colour (untyped:
         a colour per object) and a darker, opaque outline.
+
+        Classification runs (`task` `classify`) answer instead `prediction` (`id`, `class`,
+        `probability`), `probabilities` (one `{id, name, probability, color}` per class, in class id
+        order), `heatmap` (`class`, `layer`, `method` of the Grad-CAM map, and `zero` when no location
+        had positive evidence), and besides the original: `overlay_png_base64` (the Grad-CAM heatmap of
+        the predicted class blended over the image, as `medseg predict --explain` writes it in
+        `heatmaps/`) and `heatmap_png_base64` (the colour-mapped heatmap alone, as `medseg explain`
+        writes `*_heatmap.png`). Their downloads are `heatmap.png` (that overlay) and `predictions.csv`
+        (one row as `medseg predict` writes: file, class, probability, `p_<class>` per class); they have
+        no mask, counts or objects.
         """
         served = _pick_model(models, model)
         data = file.file.read(max_bytes + 1)
@@ -220,6 +277,8 @@ def create_app(
         label = _safe_name(file.filename)
         started = time.perf_counter()
         image = decode_upload(data, label, max_pixels=max_pixels)
+        if served.task == "classify":
+            return _classification_answer(served, image, label, results, started)
         from medseg.workflows.predict import segment_image
 
         result = segment_image(served, image, label)
@@ -274,13 +333,15 @@ def create_app(
 
     @app.get("/api/results/{result_id}/{name}", summary="Download a result file")
     def download(result_id: str, name: str) -> Response:
-        """`mask.png`, `mask.tif` (class or instance ids), `overlay.png`, `counts.csv` of a recent result,
-        or `objects.csv` (one row per object) of an instance run's result."""
+        """`mask.png`, `mask.tif` (class or instance ids), `overlay.png`, `counts.csv` of a recent
+        segmentation result, and `objects.csv` (one row per object) of an instance run's result;
+        `heatmap.png` (the Grad-CAM overlay) and `predictions.csv` (one row) of a classification result.
+        A download the result does not have is a 404 that says why."""
         if name not in DOWNLOADS:
             raise HTTPException(404, f"no download {name!r}; choose one of {', '.join(DOWNLOADS)}")
         entry = results.get(result_id)
         if entry is None:
-            raise HTTPException(404, "this result has expired; segment the image again")
+            raise HTTPException(404, "this result has expired; upload the image again")
         unavailable = entry.unavailable(name)
         if unavailable:
             raise HTTPException(404, unavailable)
@@ -368,7 +429,11 @@ def _describe(model: ServedModel) -> dict[str, Any]:
     config = model.config
     data = config.data
     extra: dict[str, Any] = {}
-    if config.task == "instance":
+    if config.task == "classify":
+        names = data.class_names
+        colors = classifier_colors(config)
+        extra = {"image_size": config.classify.image_size}
+    elif config.task == "instance":
         types = list(config.instance.classes) or ["objects"]
         names = ["background", *types]
         colors = type_colors(types, data.colors)
@@ -384,6 +449,66 @@ def _describe(model: ServedModel) -> dict[str, Any]:
         "classes": [{"id": i, "name": n, "color": _hex(colors[i])} for i, n in enumerate(names)],
         **extra,
         "report_url": f"/report/{model.name}",
+    }
+
+
+def classifier_colors(config: Any) -> list[tuple[int, int, int]]:
+    """Display colours of a classification run's classes in id order: a ``data.colors`` entry by name,
+    else the palette (every class is a real class, so none is the background's black)."""
+    from medseg.workflows.predict import type_colors
+
+    return type_colors(config.data.class_names, config.data.colors)[1:]
+
+
+def _classification_answer(
+    served: ServedModel, image: np.ndarray, label: str, results: _ResultCache, started: float
+) -> dict[str, Any]:
+    """``/api/predict``'s answer for a classification run (see the route's docstring)."""
+    from medseg.explain import apply_colormap
+    from medseg.report import image_to_rgb8
+    from medseg.workflows.classify import prediction_row
+
+    prediction, heatmap = served.classify(image, label)
+    names = served.predictor.class_names
+    colors = classifier_colors(served.config)
+    overlay_png = _png(heatmap.overlay)
+    row = prediction_row(label, prediction.probabilities, names)
+    entry = _ClassResult(label, served.name, row, overlay_png)
+    result_id = results.put(entry)
+    height, width = image.shape[:2]
+    return {
+        "id": result_id,
+        "model": served.name,
+        "task": "classify",
+        "filename": label,
+        "width": width,
+        "height": height,
+        "channels": 1 if image.ndim == 2 else int(image.shape[-1]),
+        "dtype": str(image.dtype),
+        "prediction": {
+            "id": prediction.index,
+            "class": prediction.name,
+            "probability": float(prediction.probabilities[prediction.index]),
+        },
+        "probabilities": [
+            {"id": i, "name": name, "probability": float(p), "color": _hex(colors[i])}
+            for i, (name, p) in enumerate(zip(names, prediction.probabilities, strict=True))
+        ],
+        "heatmap": {
+            "class": heatmap.class_name,
+            "layer": heatmap.layer,
+            "method": heatmap.method,
+            "zero": not heatmap.cam.any(),
+        },
+        "seconds": round(time.perf_counter() - started, 4),
+        "image_png_base64": _b64(_png(image_to_rgb8(image))),
+        "overlay_png_base64": _b64(overlay_png),
+        "heatmap_png_base64": _b64(_png(apply_colormap(heatmap.cam))),
+        "downloads": {
+            DOWNLOADS[name][1]: f"/api/results/{result_id}/{name}"
+            for name in DOWNLOADS
+            if entry.unavailable(name) is None
+        },
     }
 
 
@@ -468,6 +593,8 @@ class _Result:
 
     def unavailable(self, name: str) -> str | None:
         """Why download ``name`` does not exist for this result, or None when it does."""
+        if name in CLASSIFY_DOWNLOADS:
+            return f"{name}: {self.model} is a segmentation model; only classification results have {name}"
         if name in INSTANCE_ONLY and not self.segmentation.instances:
             return f"{name}: {self.model} is not an instance model, so its results have no objects"
         if name == "mask.png" and self.mask_png is None:
@@ -499,6 +626,31 @@ class _Result:
         return text.getvalue().encode("utf-8")
 
 
+@dataclass
+class _ClassResult:
+    """A classification result kept for its downloads."""
+
+    label: str
+    model: str
+    row: dict[str, Any]  # prediction_row: file, class, probability, p_<class>...
+    heatmap_png: bytes  # the Grad-CAM overlay, as `medseg predict --explain` writes it
+
+    def unavailable(self, name: str) -> str | None:
+        """Why download ``name`` does not exist for this result, or None when it does."""
+        if name in CLASSIFY_DOWNLOADS:
+            return None
+        return (
+            f"{name}: {self.model} is a classification model; its results have "
+            f"{' and '.join(CLASSIFY_DOWNLOADS)}"
+        )
+
+    def file(self, name: str) -> bytes:
+        """The bytes of ``heatmap.png`` or ``predictions.csv``."""
+        if name == "heatmap.png":
+            return self.heatmap_png
+        return _csv_bytes([self.row], list(self.row))
+
+
 def _csv_bytes(rows: Sequence[dict[str, Any]], fieldnames: Sequence[str]) -> bytes:
     """CSV bytes with the cells :func:`medseg.io.write_csv_atomic` writes (floats to 6 significant
     digits), so a download matches the file ``medseg predict`` writes."""
@@ -515,10 +667,10 @@ class _ResultCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[str, _Result] = OrderedDict()
+        self._items: OrderedDict[str, _Result | _ClassResult] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, entry: _Result) -> str:
+    def put(self, entry: _Result | _ClassResult) -> str:
         key = secrets.token_urlsafe(16)
         with self._lock:
             self._items[key] = entry
@@ -526,7 +678,7 @@ class _ResultCache:
                 self._items.popitem(last=False)
         return key
 
-    def get(self, key: str) -> _Result | None:
+    def get(self, key: str) -> _Result | _ClassResult | None:
         with self._lock:
             return self._items.get(key)
 

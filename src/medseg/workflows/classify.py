@@ -880,7 +880,9 @@ def predict_classifier(
         if explain:
             from medseg.workflows.explain import classification_heatmap
 
-            heat = classification_heatmap(predictor, image, str(path), method=method)
+            # explain the class reported in predictions.csv (with TTA it can differ from a plain pass's)
+            predicted = names[int(np.argmax(probabilities))]
+            heat = classification_heatmap(predictor, image, str(path), class_name=predicted, method=method)
             write_image(out / "heatmaps" / f"{stem}.png", heat.overlay)
             row["heatmap"] = f"heatmaps/{stem}.png"
         rows.append(row)

@@ -148,7 +148,7 @@ def _evaluate_instances(run: Path, predictor, data, names: list[str], split: str
     inst = predictor.config.instance
     group = set(inst.differential)
     rows, results = [], []
-    typed_correct = typed_scored = 0
+    typed_correct = typed_scored = group_correct = group_scored = 0
     for name in tqdm(names, desc="evaluate", unit="image", disable=None, leave=False):
         case = data.case(name)
         image = load_image(case)
@@ -168,6 +168,9 @@ def _evaluate_instances(run: Path, predictor, data, names: list[str], split: str
             scored = [(true_types.get(t), prediction.types.get(p)) for t, p in pairs if t in true_types]
             correct = sum(a == b for a, b in scored)
             typed_correct, typed_scored = typed_correct + correct, typed_scored + len(scored)
+            in_group = [(a, b) for a, b in scored if a in group]
+            group_correct += sum(a == b for a, b in in_group)
+            group_scored += len(in_group)
             row["type_accuracy"] = correct / len(scored) if scored else float("nan")
             if group:
                 present = set(np.unique(truth).tolist()) - {0}
@@ -191,6 +194,9 @@ def _evaluate_instances(run: Path, predictor, data, names: list[str], split: str
     if inst.classes:
         summary["type_accuracy"] = typed_correct / typed_scored if typed_scored else float("nan")
         if group:
+            summary["differential_type_accuracy"] = (
+                group_correct / group_scored if group_scored else float("nan")
+            )
             summary["differential_count_exact_fraction"] = float(
                 np.mean([r["differential_count_exact"] for r in rows])
             )

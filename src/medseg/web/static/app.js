@@ -1,4 +1,5 @@
-// The medseg browser app: upload an image, show the segmentation, counts and downloads; the run's report.
+// The medseg browser app: upload an image, show the segmentation and counts (or, for a classification run,
+// the predicted class, the probabilities and a Grad-CAM heatmap) and downloads; the run's report.
 // Plain JavaScript, no build step, nothing loaded from outside this server.
 "use strict";
 
@@ -47,8 +48,9 @@ async function loadModels() {
     ...info.models.map((m) => {
       const option = document.createElement("option");
       option.value = m.name;
-      const kinds = m.task !== "instance" ? `${m.classes.length} classes`
-        : m.typed ? `instances, ${m.classes.length - 1} types` : "instances";
+      const kinds = m.task === "classify" ? `classifier, ${m.classes.length} classes`
+        : m.task !== "instance" ? `${m.classes.length} classes`
+          : m.typed ? `instances, ${m.classes.length - 1} types` : "instances";
       option.textContent = `${m.name} (${m.architecture}, ${kinds})`;
       return option;
     })
@@ -62,11 +64,12 @@ async function loadModels() {
     "the file stays in this server's memory";
 }
 
-// One <li> per foreground class (instance runs: per type): colour swatch and name. Untyped instance
-// runs colour each object differently, so their one class gets a many-coloured swatch.
-function legendItems(classes, perObject = false) {
+// One <li> per foreground class (instance runs: per type; classification runs: every class, as none is a
+// background): colour swatch and name. Untyped instance runs colour each object differently, so their one
+// class gets a many-coloured swatch.
+function legendItems(classes, perObject = false, withFirst = false) {
   return classes
-    .filter((c) => c.id !== 0)
+    .filter((c) => withFirst || c.id !== 0)
     .map((c) => {
       const item = document.createElement("li");
       if (perObject) {
@@ -86,10 +89,22 @@ function differentialTitle(types) {
     : "Differential count";
 }
 
+function currentModel() {
+  return state.models.find((m) => m.name === $("model").value);
+}
+
 function describeModel() {
-  const model = state.models.find((m) => m.name === $("model").value);
+  const model = currentModel();
   if (!model) return;
   $("empty-title").textContent = `Model ${model.name}`;
+  if (model.task === "classify") {
+    $("empty-text").textContent =
+      `Image classification with ${model.architecture} on ${model.in_channels}-channel images ` +
+      `(seen at ${model.image_size} × ${model.image_size} px). Drop an image above: the predicted class ` +
+      "and the probability of each class, with a Grad-CAM heatmap of where the evidence for it lies.";
+    $("empty-classes").replaceChildren(...legendItems(model.classes, false, true));
+    return;
+  }
   const kind = `${model.task[0].toUpperCase()}${model.task.slice(1)} segmentation with ${model.architecture} ` +
     `on ${model.in_channels}-channel images. `;
   if (model.task === "instance") {
@@ -116,6 +131,8 @@ function serverName(name) {
 
 function upload(file) {
   if (state.busy || !file) return;
+  const model = currentModel();
+  const classify = Boolean(model && model.task === "classify");
   state.lastFile = file;
   clearError();
   const maxBytes = state.limits ? state.limits.max_upload_mb * 1024 * 1024 : Infinity;
@@ -132,7 +149,7 @@ function upload(file) {
   request.upload.onprogress = (event) => {
     if (event.lengthComputable) setProgress(`Uploading ${file.name}…`, event.loaded / event.total);
   };
-  request.upload.onload = () => setProgress(`Segmenting ${file.name}…`, null);
+  request.upload.onload = () => setProgress(`${classify ? "Classifying" : "Segmenting"} ${file.name}…`, null);
   request.onload = () => {
     finish();
     const body = request.response;
@@ -142,7 +159,7 @@ function upload(file) {
       let detail = body && typeof body.detail === "string" ? body.detail : `the server answered ${request.status}`;
       const prefix = `${serverName(file.name)}: `;
       if (detail.startsWith(prefix)) detail = detail.slice(prefix.length);
-      showError(`Could not segment ${file.name}: ${detail}`);
+      showError(`Could not ${classify ? "classify" : "segment"} ${file.name}: ${detail}`);
       // An older result under a new error would read as the result of this file.
       $("result").hidden = true;
       $("empty").hidden = false;
@@ -301,12 +318,61 @@ function renderObjectCounts(result) {
       (among < 100 ? "; a differential count is usually read over at least 100." : ".");
 }
 
+function percent(probability) {
+  return `${(probability * 100).toFixed(1)} %`;
+}
+
+// Classification runs: the predicted class and a bar per class, in class order, the predicted one in bold.
+function renderPrediction(result) {
+  const top = result.prediction;
+  const predicted = $("predicted");
+  const value = document.createElement("span");
+  value.className = "predicted-probability";
+  value.textContent = percent(top.probability);
+  const name = document.createElement("span");
+  name.id = "predicted-class";
+  name.textContent = top.class;
+  predicted.replaceChildren(swatch(result.probabilities[top.id].color), name, value);
+  $("probability-bars").replaceChildren(
+    ...result.probabilities.map((p) => {
+      const item = document.createElement("li");
+      item.dataset.class = p.name;
+      if (p.id === top.id) item.className = "top";
+      const label = document.createElement("span");
+      label.className = "differential-name";
+      label.textContent = p.name;
+      const track = document.createElement("span");
+      track.className = "differential-track";
+      const bar = document.createElement("span");
+      bar.className = "differential-bar";
+      bar.style.width = `${Math.min(100, p.probability * 100)}%`;
+      bar.style.backgroundColor = p.color;
+      track.append(bar);
+      const number = document.createElement("span");
+      number.className = "num";
+      number.textContent = percent(p.probability);
+      item.append(label, track, number);
+      return item;
+    })
+  );
+  const heat = result.heatmap;
+  $("heatmap-note").textContent = heat.zero
+    ? `The Grad-CAM heatmap of ${heat.class} is empty: no location of layer ${heat.layer} raises its score.`
+    : `The heatmap shows where layer ${heat.layer} holds the evidence for ${heat.class} (${heat.method}).`;
+}
+
 function render(result) {
   const png = (b64) => `data:image/png;base64,${b64}`;
   const instance = result.task === "instance";
+  const classify = result.task === "classify";
   $("original").src = png(result.image_png_base64);
   $("overlay-base").src = png(result.image_png_base64);
-  $("overlay").src = png(result.color_mask_png_base64);
+  // Classification: the colour-mapped heatmap alone over the original, so the slider fades it (at 50 %
+  // it is the overlay `medseg predict --explain` writes).
+  $("overlay").src = png(classify ? result.heatmap_png_base64 : result.color_mask_png_base64);
+  $("overlay").alt = classify ? `Grad-CAM heatmap of ${result.prediction.class} over the image`
+    : "predicted classes over the image";
+  $("overlay-caption").textContent = classify ? `Grad-CAM · ${result.heatmap.class}` : "Overlay";
   // Small images are enlarged; keep their pixels sharp rather than blurred.
   const small = Math.max(result.width, result.height) < 400;
   document.querySelectorAll(".frame").forEach((frame) => frame.classList.toggle("pixelated", small));
@@ -316,17 +382,25 @@ function render(result) {
   const name = document.createElement("strong");
   name.textContent = result.filename;
   const objects = instance ? ` · ${result.objects.toLocaleString("en-US")} objects` : "";
+  const predicted = classify ? ` · ${result.prediction.class} (${percent(result.prediction.probability)})` : "";
   title.append(
     name,
     ` · ${result.width} × ${result.height} px, ${result.channels} channel(s), ${result.dtype}` +
-      ` · model ${result.model}${objects} · ${result.seconds.toFixed(2)} s`
+      ` · model ${result.model}${objects}${predicted} · ${result.seconds.toFixed(2)} s`
   );
 
-  $("legend").replaceChildren(
-    ...legendItems(result.classes, instance && !result.typed)
-  );
-  if (instance) renderObjectCounts(result);
-  else renderClassCounts(result);
+  $("legend").hidden = classify;
+  $("heat-scale").hidden = !classify;
+  $("prediction-card").hidden = !classify;
+  $("counts-card").hidden = classify;
+  if (classify) {
+    $("legend").replaceChildren();
+    renderPrediction(result);
+  } else {
+    $("legend").replaceChildren(...legendItems(result.classes, instance && !result.typed));
+    if (instance) renderObjectCounts(result);
+    else renderClassCounts(result);
+  }
 
   const links = {
     "dl-mask-png": "mask_png",
@@ -334,6 +408,8 @@ function render(result) {
     "dl-overlay": "overlay_png",
     "dl-csv": "counts_csv",
     "dl-objects": "objects_csv",
+    "dl-heatmap": "heatmap_png",
+    "dl-predictions": "predictions_csv",
   };
   for (const [id, key] of Object.entries(links)) {
     const url = result.downloads[key];
@@ -341,10 +417,15 @@ function render(result) {
     if (url) $(id).href = url;
     else $(id).removeAttribute("href");
   }
-  $("download-hint").textContent = instance
-    ? "The mask holds instance ids (0 = background, 16-bit), the size of the input. The objects CSV has " +
-      "one row per object: type, area, centroid, mean intensity, eccentricity."
-    : "The mask holds class ids (0 = background), the size of the input.";
+  let hint = "The mask holds class ids (0 = background), the size of the input.";
+  if (classify) {
+    hint = "The heatmap PNG is the Grad-CAM overlay that medseg predict --explain writes; the CSV is the " +
+      "image's row of predictions.csv: the class, its probability and the probability of every class.";
+  } else if (instance) {
+    hint = "The mask holds instance ids (0 = background, 16-bit), the size of the input. The objects CSV has " +
+      "one row per object: type, area, centroid, mean intensity, eccentricity.";
+  }
+  $("download-hint").textContent = hint;
 
   $("result").hidden = false;
   $("empty").hidden = true;
