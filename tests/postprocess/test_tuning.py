@@ -49,3 +49,21 @@ def test_tuning_rejects_bad_arguments():
         tune_watershed(maps, truths, grid={"threshold": [0.1]})
     with pytest.raises(ValueError, match="1 map sets but 2 truths"):
         tune_watershed(maps, truths * 2)
+
+
+def test_focus_objects_weigh_half_of_the_score():
+    truth = _discs(0)
+    maps = [_maps(truth, 0)]
+    types = np.zeros((2, *truth.shape), np.float32)
+    types[0] = 1.0
+    rare = truth == 3
+    assert rare.any()
+    types[:, rare] = [[1.0], [0.0]][::-1] * np.ones((2, 1))  # object 3 is of type 1, the rest type 0
+    focus_truth = np.where(rare, truth, 0)
+    grid = {"min_distance": [5]}
+    plain = tune_watershed(maps, [truth], grid=grid)
+    focused = tune_watershed(maps, [truth], grid=grid, focus=[(types, focus_truth)], focus_types=[1])
+    # the rare object is found, so the focus F1 is 1 and the score is the mean of the two
+    assert focused.score == pytest.approx(0.5 * (plain.score + 1.0))
+    missing = [(types, np.where(truth == 1, 1, 0))]  # a focus object no prediction is typed as
+    assert tune_watershed(maps, [truth], grid=grid, focus=missing, focus_types=[1]).score < focused.score

@@ -115,16 +115,30 @@ def tune_run_thresholds(run: Path, config: Config, cases, device) -> dict:
     from medseg.postprocess.tuning import tune_watershed
 
     predictor = Predictor.from_run(run, device=device.type)
-    heads = []
-    for image in cases.val_images:
+    inst = config.instance
+    # with a differential, its types' objects also drive the score (see tune_watershed's focus)
+    focus_types = [inst.classes.index(name) for name in inst.differential]
+    heads, focus = [], []
+    for image, truth, lookup in zip(cases.val_images, cases.val_labels, cases.val_types):
         with torch.inference_mode():
             logits = predictor.logits(torch.from_numpy(image)[None])
             maps = predictor.layout.activate(logits)[0].cpu().numpy()
         split = predictor.layout.split(maps)
         heads.append((split["inner"], split["outer"], split["fgbg"][1]))
-    result = tune_watershed(heads, cases.val_labels, metric=config.instance.tune, start=predictor.watershed)
+        if focus_types and lookup is not None:
+            in_focus = np.isin(np.append(lookup, -1)[np.where(truth > 0, truth, -1)], focus_types)
+            focus.append((split["classes"], np.where(in_focus, truth, 0)))
+    result = tune_watershed(
+        heads,
+        cases.val_labels,
+        metric=inst.tune,
+        start=predictor.watershed,
+        focus=focus if len(focus) == len(heads) and focus else None,
+        focus_types=focus_types,
+    )
     summary = {
-        "metric": config.instance.tune,
+        "metric": config.instance.tune
+        + (f" (mean with F1 of {', '.join(inst.differential)})" if focus else ""),
         "score": result.score,
         "default_score": result.start_score,
         "params": result.params.to_dict(),
