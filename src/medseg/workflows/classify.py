@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -416,9 +415,8 @@ def train_classifier(
     Raises:
         MedsegError: bad dataset, config or run folder (one line naming the problem).
     """
-    from medseg.engine.checkpoint import load_checkpoint
     from medseg.engine.device import pick_device, seed_everything, use_bf16
-    from medseg.workflows.train import _resume_config
+    from medseg.workflows.train import _resume_config, resume_trainer, write_train_summary
 
     run = Path(out)
     if resume:
@@ -470,25 +468,8 @@ def train_classifier(
     trainer = _build_classifier_trainer(
         config, run, device, train_images, train_labels, val_images, val_labels, pretrained=not resume
     )
-    if resume:
-        last = run / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise RunError(f"{run}: --resume but there is no checkpoint at {last}")
-        try:
-            trainer.load_state_dict(load_checkpoint(last))
-        except (RuntimeError, KeyError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0][:160]
-            raise RunError(
-                f"{last}: does not fit this run's model/optimiser (was model.* changed?): {reason}"
-            ) from None
-        if trainer.state.epoch >= config.train.epochs or trainer.state.stopped_early:
-            why = (
-                "stopped early"
-                if trainer.state.stopped_early
-                else f"trained for {trainer.state.epoch} epochs"
-            )
-            print(f"{run}: already {why}; nothing to do (raise train.epochs to continue)", file=sys.stderr)
-            return run
+    if resume and not resume_trainer(trainer, run, config):
+        return run
     from medseg.config import save_config
 
     save_config(config, run / "config.yaml")
@@ -498,25 +479,10 @@ def train_classifier(
         f"{len(config.data.labels)} classes, {config.train.epochs} epochs, device {device.type}, amp {amp}",
         file=sys.stderr,
     )
-    state = trainer.fit()
-    write_json_atomic(
-        run / "train_summary.json",
-        {
-            "best_epoch": state.best_epoch,
-            "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
-            "monitor": trainer.monitor,
-            "epochs_run": state.epoch,
-            "steps": state.global_step,
-            "seconds": round(sum(row["seconds"] for row in state.history), 2),
-            "stopped_early": state.stopped_early,
-            "device": device.type,
-            "amp": amp,
-            "train_cases": len(train_images),
-            "val_cases": len(val_images),
-            "train_class_counts": {
-                name: int((train_labels == i).sum()) for i, name in enumerate(config.data.class_names)
-            },
-        },
+    trainer.fit()
+    counts = {name: int((train_labels == i).sum()) for i, name in enumerate(config.data.class_names)}
+    write_train_summary(
+        run, trainer, device, amp, len(train_images), len(val_images), train_class_counts=counts
     )
     return run
 

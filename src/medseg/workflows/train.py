@@ -55,7 +55,6 @@ def train(
         return train_classifier(
             dataset, config, out, resume=resume, classes=classes, overrides=overrides, device=device
         )
-    from medseg.engine.checkpoint import load_checkpoint
     from medseg.engine.device import pick_device, seed_everything, use_bf16
 
     run = Path(out)
@@ -91,26 +90,8 @@ def train(
     )
     # a resume loads last.pt over the weights: no hub or folder needed
     trainer = _build_trainer(config, run, device, data, cases, pretrained=not resume)
-    if resume:
-        last = run / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise RunError(f"{run}: --resume but there is no checkpoint at {last}")
-        state = load_checkpoint(last)
-        try:
-            trainer.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0][:160]
-            raise RunError(
-                f"{last}: does not fit this run's model/optimiser (was model.* changed?): {reason}"
-            ) from None
-        if trainer.state.epoch >= config.train.epochs or trainer.state.stopped_early:
-            why = (
-                "stopped early"
-                if trainer.state.stopped_early
-                else f"trained for {trainer.state.epoch} epochs"
-            )
-            print(f"{run}: already {why}; nothing to do (raise train.epochs to continue)", file=sys.stderr)
-            return run
+    if resume and not resume_trainer(trainer, run, config):
+        return run
     save_config(config, run / "config.yaml")
     amp = "bf16" if use_bf16(config.train.amp, device) else "off"
     print(
@@ -118,28 +99,57 @@ def train(
         f"{config.train.epochs} epochs, device {device.type}, amp {amp}",
         file=sys.stderr,
     )
-    state = trainer.fit()
+    trainer.fit()
     if config.task == "instance" and config.instance.tune != "off" and val_images:
         from medseg.workflows.instance import tune_run_thresholds
 
         tune_run_thresholds(run, config, cases, device)
-    write_json_atomic(
-        run / "train_summary.json",
-        {
-            "best_epoch": state.best_epoch,
-            "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
-            "monitor": trainer.monitor,
-            "epochs_run": state.epoch,
-            "steps": state.global_step,
-            "seconds": round(sum(row["seconds"] for row in state.history), 2),
-            "stopped_early": state.stopped_early,
-            "device": device.type,
-            "amp": amp,
-            "train_cases": len(train_images),
-            "val_cases": len(val_images),
-        },
-    )
+    write_train_summary(run, trainer, device, amp, len(train_images), len(val_images))
     return run
+
+
+def resume_trainer(trainer, run: Path, config: Config) -> bool:
+    """Load ``RUN/checkpoints/last.pt`` into ``trainer``; False when the run has nothing left to train.
+
+    Raises:
+        RunError: no checkpoint, or one that does not fit the model/optimiser.
+    """
+    from medseg.engine.checkpoint import load_checkpoint
+
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise RunError(f"{run}: --resume but there is no checkpoint at {last}")
+    try:
+        trainer.load_state_dict(load_checkpoint(last))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise RunError(
+            f"{last}: does not fit this run's model/optimiser (was model.* changed?): {reason}"
+        ) from None
+    if trainer.state.epoch >= config.train.epochs or trainer.state.stopped_early:
+        why = "stopped early" if trainer.state.stopped_early else f"trained for {trainer.state.epoch} epochs"
+        print(f"{run}: already {why}; nothing to do (raise train.epochs to continue)", file=sys.stderr)
+        return False
+    return True
+
+
+def write_train_summary(run: Path, trainer, device, amp: str, n_train: int, n_val: int, **extra) -> None:
+    """``RUN/train_summary.json``: best epoch and metric, budget used, time, device, split sizes."""
+    state = trainer.state
+    summary = {
+        "best_epoch": state.best_epoch,
+        "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
+        "monitor": trainer.monitor,
+        "epochs_run": state.epoch,
+        "steps": state.global_step,
+        "seconds": round(sum(row["seconds"] for row in state.history), 2),
+        "stopped_early": state.stopped_early,
+        "device": device.type,
+        "amp": amp,
+        "train_cases": n_train,
+        "val_cases": n_val,
+    }
+    write_json_atomic(run / "train_summary.json", {**summary, **extra})
 
 
 def _resume_config(run: Path, overrides: Sequence[str]) -> Config:
