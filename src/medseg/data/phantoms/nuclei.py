@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.phantoms.common import check_overwrite
 from medseg.errors import MedsegError
 from medseg.io import write_image, write_json_atomic
 
@@ -312,7 +312,7 @@ def write_nuclei_dataset(out: str | Path, n: int, *, size: int = 256, seed: int 
         raise MedsegError(f"nuclei phantom needs n >= 0 and seed >= 0, got n={n}, seed={seed}")
     if size < MIN_SIZE:
         raise MedsegError(f"nuclei phantom size must be at least {MIN_SIZE} px, got {size}")
-    _check_overwrite(out)
+    check_overwrite(out, _DATASET_NAME)
     digits = max(3, len(str(n - 1)))
     written: set[Path] = set()
     for i in range(n):
@@ -337,18 +337,6 @@ def write_nuclei_dataset(out: str | Path, n: int, *, size: int = 256, seed: int 
     }
     write_json_atomic(out / "dataset.json", dataset)
     return out
-
-
-def _check_overwrite(out: Path) -> None:
-    """Refuse to write phantoms into a folder holding another dataset."""
-    meta = out / "dataset.json"
-    if meta.is_file():
-        try:
-            name = json.loads(meta.read_text(encoding="utf-8")).get("name")
-        except (OSError, ValueError, AttributeError):
-            name = None
-        if name != _DATASET_NAME:
-            raise MedsegError(f"{out}: holds another dataset (dataset.json); choose an empty --out")
 
 
 def _random_shape(rng: np.random.Generator, typical_radius: float) -> dict:
