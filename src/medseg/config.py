@@ -81,9 +81,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | plateau | none
     warmup_epochs: int = 0
-    monitor: str = (
-        ""  # metric for best.pt, early stopping, plateau; "" = val_dice (semantic), val_f1 (instance)
-    )
+    monitor: str = ""  # picks best.pt, drives early stopping/plateau; "" = the task's (DEFAULT_MONITOR)
     early_stopping: int = 0  # patience in epochs (0 = off)
     amp: str = "auto"  # auto (bf16 when the CPU supports it, on GPU always) | bf16 | off
     channels_last: bool = False  # measured: no gain on CPU here (benchmarks/train_step.py)
