@@ -355,14 +355,23 @@ def _data_check(args: argparse.Namespace) -> int:
         print(f"dataset   {s['dataset']} ({s['layout']} layout)")
         print(f"cases     {s['cases']} ({s['labelled']} labelled)")
         print(f"channels  {', '.join(f'{k} ({v} cases)' for k, v in s['channels'].items()) or '-'}")
-        sizes = list(s["sizes"].items())
-        shown = ", ".join(f"{k} ({v})" for k, v in sizes[:5]) + (" ..." if len(sizes) > 5 else "")
-        print(f"sizes     {shown or '-'}")
+        print(f"sizes     {_first_sizes(s['sizes'])}")
         print("classes   " + ", ".join(f"{k} {v:.2%}" for k, v in s["class_fractions"].items()))
         if "objects" in s:
             objects = s["objects"]
             typed = ", ".join(f"{k} {v}" for k, v in objects.items() if k)
             print(f"objects   {sum(objects.values())} instances{': ' + typed if typed else ''}")
+    return _check_verdict(report)
+
+
+def _first_sizes(sizes: dict[str, int]) -> str:
+    items = list(sizes.items())
+    shown = ", ".join(f"{k} ({v})" for k, v in items[:5]) + (" ..." if len(items) > 5 else "")
+    return shown or "-"
+
+
+def _check_verdict(report) -> int:
+    """Print 'no problems found' (exit 0) or every problem on stderr (exit 2)."""
     if report.ok:
         print("no problems found")
         return 0
@@ -381,9 +390,7 @@ def _data_check_classification(args: argparse.Namespace) -> int:
         print(f"dataset   {s['dataset']} (classification, {s['layout']} layout)")
         print(f"images    {s['images']} in {s['groups']} group(s)")
         print(f"channels  {', '.join(f'{k} ({v} images)' for k, v in s['channels'].items()) or '-'}")
-        sizes = list(s["sizes"].items())
-        shown = ", ".join(f"{k} ({v})" for k, v in sizes[:5]) + (" ..." if len(sizes) > 5 else "")
-        print(f"sizes     {shown or '-'}")
+        print(f"sizes     {_first_sizes(s['sizes'])}")
         total = max(1, s["images"])
         counts = s["class_counts"]
         print("classes   " + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in counts.items()))
@@ -394,13 +401,7 @@ def _data_check_classification(args: argparse.Namespace) -> int:
             ratio = f"{ratio:.2f}x" if ratio != float("inf") else "infinite"
             extremes = f"largest {largest} {counts[largest]}, smallest {smallest} {counts[smallest]}"
             print(f"imbalance {ratio} ({extremes})")
-    if report.ok:
-        print("no problems found")
-        return 0
-    print(f"{len(report.problems)} problem(s):", file=sys.stderr)
-    for problem in report.problems:
-        print(f"  {problem}", file=sys.stderr)
-    return EXIT_USAGE
+    return _check_verdict(report)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -63,7 +63,6 @@ def test_predict_writes_instance_masks_objects_and_counts(nuclei_run, tmp_path: 
     assert overlay.shape == (64, 64, 3)
     with open(out / "objects.csv") as f:
         objects = list(csv.DictReader(f))
-    assert list(objects[0]) if objects else True
     header = (out / "objects.csv").read_text().splitlines()[0].split(",")
     assert header == [
         "image",

@@ -96,6 +96,8 @@ def feature_gallery(
     """
     from PIL import Image, ImageDraw
 
+    from medseg.report.overlays import load_font, text_width
+
     if not maps:
         raise ValueError("no feature maps to show")
     if k < 1 or tile < 4:
@@ -106,9 +108,9 @@ def feature_gallery(
         if array.ndim != 3:
             raise ValueError(f"feature map {name!r} must be (C, h, w), got shape {array.shape}")
         rows.append((name, array))
-    font = _font(_LABEL_SIZE)
+    font = load_font(_LABEL_SIZE)
     labels = [f"{name}  ({array.shape[0]} ch, {array.shape[1]}x{array.shape[2]})" for name, array in rows]
-    label_w = max(math.ceil(_text_width(label, font)) for label in labels) + 2 * _GAP
+    label_w = max(math.ceil(text_width(label, font)) for label in labels) + 2 * _GAP
     columns = min(k, max(array.shape[0] for _, array in rows))
     header_h = _LABEL_SIZE + 2 * _GAP
     canvas = Image.new(
@@ -120,7 +122,7 @@ def feature_gallery(
     for column in range(columns):
         text = str(column)
         left = label_w + column * (tile + _GAP)
-        draw.text((left + (tile - _text_width(text, font)) / 2, _GAP), text, fill=_TEXT, font=font)
+        draw.text((left + (tile - text_width(text, font)) / 2, _GAP), text, fill=_TEXT, font=font)
     for row, ((_, array), label) in enumerate(zip(rows, labels, strict=True)):
         top = header_h + row * (tile + _GAP)
         draw.text((_GAP, top + (tile - _LABEL_SIZE) / 2), label, fill=_TEXT, font=font)
@@ -149,17 +151,3 @@ def _scaled(channel: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros(values.shape)
     return (values - low) / (high - low)
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow built without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _text_width(text: str, font) -> float:
-    left, _, right, _ = font.getbbox(text)
-    return float(right - left)

@@ -156,13 +156,20 @@ class Predictor:
                 )
         return normalize(image, data.normalization, low=data.norm_low, high=data.norm_high)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` normalised images -> ``(N, K, H, W)`` float32 logits at input size."""
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> padded at the bottom/right to multiples of the model's size divisor
+        (reflected, or replicated where the image is too small to reflect)."""
         height, width = images.shape[-2:]
         pad_h, pad_w = (-height) % self.divisor, (-width) % self.divisor
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             images = F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
+        return images
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` normalised images -> ``(N, K, H, W)`` float32 logits at input size."""
+        height, width = images.shape[-2:]
+        images = self.pad(images)
         if self.runtime is not None:
             out = self.runtime(images)
         else:

@@ -287,12 +287,12 @@ def _compose(
         images = [im.resize(size, Image.Resampling.LANCZOS) for im in images]
     tile_w, tile_h = images[0].size
 
-    title_font, caption_font = _font(_TITLE_SIZE), _font(_CAPTION_SIZE)
+    title_font, caption_font = load_font(_TITLE_SIZE), load_font(_CAPTION_SIZE)
     title_h = _TITLE_SIZE + 8
     caption_h = _CAPTION_SIZE + 10 if caption else 0
     width_needed = len(images) * tile_w + (len(images) + 1) * _GAP
     if caption:
-        width_needed = max(width_needed, int(_text_width(caption, caption_font)) + 2 * _GAP)
+        width_needed = max(width_needed, int(text_width(caption, caption_font)) + 2 * _GAP)
     canvas = Image.new("RGB", (width_needed, caption_h + title_h + tile_h + _GAP), _WHITE)
     draw = ImageDraw.Draw(canvas)
     if caption:
@@ -300,7 +300,7 @@ def _compose(
     for index, (tile, title) in enumerate(zip(images, titles, strict=False)):
         left = _GAP + index * (tile_w + _GAP)
         text = _fit_text(str(title), title_font, tile_w)
-        x = left + (tile_w - _text_width(text, title_font)) / 2
+        x = left + (tile_w - text_width(text, title_font)) / 2
         draw.text((x, caption_h + 3), text, fill=_TEXT, font=title_font)
         canvas.paste(tile, (left, caption_h + title_h))
     return np.asarray(canvas)
@@ -318,10 +318,10 @@ def legend_image(class_names: Sequence[str], colors: Sequence[Sequence[int]]) ->
     """
     from PIL import Image, ImageDraw
 
-    font = _font(_TITLE_SIZE)
+    font = load_font(_TITLE_SIZE)
     swatch, pad = _TITLE_SIZE, 8
     entries = [(str(name), _as_color(color)) for name, color in zip(class_names, colors, strict=False)]
-    widths = [swatch + 5 + math.ceil(_text_width(name, font)) for name, _ in entries]
+    widths = [swatch + 5 + math.ceil(text_width(name, font)) for name, _ in entries]
     total = pad + sum(w + 2 * pad for w in widths) if entries else 2 * pad
     canvas = Image.new("RGB", (total, swatch + 2 * pad), _WHITE)
     draw = ImageDraw.Draw(canvas)
@@ -333,7 +333,8 @@ def legend_image(class_names: Sequence[str], colors: Sequence[Sequence[int]]) ->
     return np.asarray(canvas)
 
 
-def _font(size: int):
+def load_font(size: int):
+    """Pillow's default font at ``size`` px (the bitmap font where Pillow has no FreeType)."""
     from PIL import ImageFont
 
     try:
@@ -342,16 +343,17 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _text_width(text: str, font) -> float:
+def text_width(text: str, font) -> float:
+    """Width in pixels of ``text`` drawn in ``font``."""
     left, _, right, _ = font.getbbox(text)
     return float(right - left)
 
 
 def _fit_text(text: str, font, width: int) -> str:
     """Shorten ``text`` with an ellipsis until it fits ``width`` pixels."""
-    if _text_width(text, font) <= width:
+    if text_width(text, font) <= width:
         return text
-    while len(text) > 1 and _text_width(text + "…", font) > width:
+    while len(text) > 1 and text_width(text + "…", font) > width:
         text = text[:-1]
     return text + "…"
 

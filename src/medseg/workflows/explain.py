@@ -122,15 +122,9 @@ def classification_heatmap(
 def _padded_input(predictor, image: np.ndarray, source: str):
     """A segmentation run's normalised ``(1, C, H', W')`` input padded to its size divisor, and ``(H, W)``."""
     import torch
-    import torch.nn.functional as F
 
     tensor = torch.from_numpy(predictor.preprocess(image, source))[None]
-    height, width = tensor.shape[-2:]
-    pad_h, pad_w = (-height) % predictor.divisor, (-width) % predictor.divisor
-    if pad_h or pad_w:  # as Predictor.logits pads
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        tensor = F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
-    return tensor, (height, width)
+    return predictor.pad(tensor), tuple(tensor.shape[-2:])
 
 
 def segmentation_heatmap(
