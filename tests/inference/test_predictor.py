@@ -191,3 +191,21 @@ def test_old_run_without_inference_section_loads(tmp_path: Path, trained_run: Pa
     assert predictor.predict(np.zeros((20, 24, 3), np.uint8)).labels.shape == (20, 24)
     tiled = Predictor.from_run(tmp_path, device="cpu", overrides=["inference.tile=8"])
     assert tiled.config.inference.tile == 8
+
+
+def test_tuned_typing_is_read_from_thresholds_json(tmp_path: Path):
+    import json
+
+    from medseg.inference.predictor import typing_params
+    from medseg.postprocess import TypingParams
+
+    assert typing_params(None) == TypingParams() and typing_params(tmp_path) == TypingParams()
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"params": {}, "typing": {"group_threshold": 0.7, "merge_touching": False}}))
+    assert typing_params(tmp_path) == TypingParams(0.7, False)
+    path.write_text(json.dumps({"params": {}}))  # tuned before typing was tuned: the default rule
+    assert typing_params(tmp_path) == TypingParams()
+    for bad in ('{"typing": {"group_threshold": 2}}', "not json"):
+        path.write_text(bad)
+        with pytest.raises(RunError, match="thresholds.json: unreadable"):
+            typing_params(tmp_path)

@@ -83,6 +83,7 @@ class Predictor:
         self.bf16 = use_bf16(config.train.amp, self.device)
         self.layout = HeadLayout.for_config(config)
         self.watershed = watershed_params(config, run_dir=None)
+        self.typing = typing_params(None)
 
     @classmethod
     def from_run(
@@ -132,6 +133,7 @@ class Predictor:
         model.load_state_dict(state["model"])
         predictor = cls(model, config, pick_device(device), backend=backend, runtime=runtime)
         predictor.watershed = watershed_params(config, run_dir=run)
+        predictor.typing = typing_params(run)
         return predictor
 
     @property
@@ -238,22 +240,25 @@ class Predictor:
             )
         return predict_tiles(torch.from_numpy(normalised)[None])[0].cpu().numpy()
 
-    def instances_from_maps(self, maps: np.ndarray, params=None) -> Prediction:
+    def instances_from_maps(self, maps: np.ndarray, params=None, typing=None) -> Prediction:
         """Deep watershed on an instance run's activated maps ``(C, H, W)``, typing each object.
 
         Args:
             maps: output of :meth:`predict_maps`.
             params: :class:`~medseg.postprocess.WatershedParams`; None = the run's (tuned) thresholds.
+            typing: :class:`~medseg.postprocess.TypingParams`; None = the run's (tuned) rule.
         """
-        from medseg.postprocess import deep_watershed
-        from medseg.postprocess.objects import majority_types
+        from medseg.postprocess import assign_types, deep_watershed
 
         heads = self.layout.split(maps)
         params = params or self.watershed
         instances = deep_watershed(heads["inner"], heads["outer"], heads["fgbg"][1], **params.to_dict())
-        names = self.config.instance.classes
-        mean_probs = majority_types(instances, heads.get("classes")) if names else {}
-        types = {i: names[int(p.argmax())] for i, p in mean_probs.items()}
+        inst = self.config.instance
+        if not inst.classes:
+            return Prediction(instances, maps)
+        instances, types, mean_probs = assign_types(
+            instances, heads.get("classes"), inst.classes, inst.differential, typing or self.typing
+        )
         return Prediction(instances, maps, types, mean_probs)
 
 
@@ -261,8 +266,6 @@ def watershed_params(config: Config, run_dir: str | Path | None = None):
     """The deep-watershed thresholds of a run: ``RUN/thresholds.json`` if tuned, else the config's."""
     if config.task != "instance":
         return None
-    import json
-
     from medseg.postprocess import WatershedParams
 
     inst = config.instance
@@ -272,14 +275,42 @@ def watershed_params(config: Config, run_dir: str | Path | None = None):
         min_distance=inst.min_distance,
         small_objects_threshold=inst.small_objects_threshold,
     )
+    tuned = _tuned(run_dir, "params")
+    return (
+        params
+        if tuned is None
+        else _parse_tuned(run_dir, WatershedParams.from_dict, {**params.to_dict(), **tuned})
+    )
+
+
+def typing_params(run_dir: str | Path | None = None):
+    """How a typed run assigns types (:class:`~medseg.postprocess.TypingParams`): tuned, else default."""
+    from medseg.postprocess import TypingParams
+
+    tuned = _tuned(run_dir, "typing")
+    return TypingParams() if tuned is None else _parse_tuned(run_dir, TypingParams.from_dict, tuned)
+
+
+def _tuned(run_dir: str | Path | None, key: str) -> dict | None:
+    """One entry of ``RUN/thresholds.json`` (written by tuning after training), or None."""
+    import json
+
     path = Path(run_dir) / "thresholds.json" if run_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            tuned = json.loads(path.read_text(encoding="utf-8"))["params"]
-            params = WatershedParams.from_dict({**params.to_dict(), **tuned})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RunError(f"{path}: unreadable tuned thresholds ({exc}); delete it for defaults") from None
-    return params
+    if path is None or not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RunError(f"{path}: unreadable tuned thresholds ({exc}); delete it for defaults") from None
+    return entry
+
+
+def _parse_tuned(run_dir: str | Path, parse, data):
+    try:
+        return parse(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        path = Path(run_dir) / "thresholds.json"
+        raise RunError(f"{path}: unreadable tuned thresholds ({exc}); delete it for defaults") from None
 
 
 def class_ids(probabilities: np.ndarray, rows: int = 256) -> np.ndarray:

@@ -3,12 +3,18 @@
 - :mod:`medseg.postprocess.watershed`: DeepCell's deep watershed -- markers from the predicted inner
   distance, a marker-controlled flood of the outer distance, small-object removal, hole filling -- with
   :class:`WatershedParams` for thresholds stored in a run's ``thresholds.json``.
-- :mod:`medseg.postprocess.objects`: per-object measurements, majority types and counts.
+- :mod:`medseg.postprocess.objects`: per-object measurements, types (differential group rule), counts.
 - :mod:`medseg.postprocess.tuning`: threshold search on validation images (``thresholds.json``).
 """
 
-from medseg.postprocess.objects import count_objects, majority_types, object_table
-from medseg.postprocess.tuning import TuneResult, tune_watershed
+from medseg.postprocess.objects import (
+    TypingParams,
+    assign_types,
+    count_objects,
+    majority_types,
+    object_table,
+)
+from medseg.postprocess.tuning import TuneResult, tune_typing, tune_watershed
 from medseg.postprocess.watershed import (
     MAXIMA_ALGORITHMS,
     WatershedParams,
@@ -21,13 +27,16 @@ from medseg.postprocess.watershed import (
 __all__ = [
     "MAXIMA_ALGORITHMS",
     "TuneResult",
+    "TypingParams",
     "WatershedParams",
+    "assign_types",
     "count_objects",
     "deep_watershed",
     "fill_small_holes",
     "find_peaks",
     "majority_types",
     "object_table",
+    "tune_typing",
     "tune_watershed",
     "watershed_by_component",
 ]

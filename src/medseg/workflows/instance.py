@@ -112,7 +112,8 @@ def tune_run_thresholds(run: Path, config: Config, cases, device) -> dict:
 
     from medseg.inference.predictor import Predictor
     from medseg.io import write_json_atomic
-    from medseg.postprocess.tuning import tune_watershed
+    from medseg.postprocess import deep_watershed
+    from medseg.postprocess.tuning import tune_typing, tune_watershed
 
     predictor = Predictor.from_run(run, device=device.type)
     inst = config.instance
@@ -145,10 +146,30 @@ def tune_run_thresholds(run: Path, config: Config, cases, device) -> dict:
         "images": len(heads),
         "trials": result.trials,
     }
+    if focus and len(focus) == len(heads):
+        # the count of the differential group also depends on how objects are typed: tune that rule
+        # on the same images, with the watershed thresholds just found
+        instances = [deep_watershed(*maps, **result.params.to_dict()) for maps in heads]
+        typing = tune_typing(
+            instances, [f[0] for f in focus], [f[1] for f in focus], inst.classes, inst.differential
+        )
+        summary["typing"] = typing.params.to_dict()
+        summary["typing_score"] = {
+            "metric": "differential count exact",
+            "score": typing.score,
+            "default_score": typing.start_score,
+            "trials": typing.trials,
+        }
     write_json_atomic(run / "thresholds.json", summary)
     print(
         f"tuned watershed thresholds on {len(heads)} validation images: {config.instance.tune} "
         f"{result.start_score:.3f} -> {result.score:.3f} ({result.params.to_dict()})",
         file=sys.stderr,
     )
+    if "typing" in summary:
+        print(
+            f"tuned typing of {', '.join(inst.differential)}: count exact in "
+            f"{typing.start_score:.0%} -> {typing.score:.0%} of images ({summary['typing']})",
+            file=sys.stderr,
+        )
     return summary
