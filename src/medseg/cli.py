@@ -8,6 +8,8 @@ exit code 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        result = args.func(args)
+        with _stdout_on_main_process():
+            result = args.func(args)
         return int(result or 0)
     except MedsegError as exc:
         if args.debug:
@@ -50,6 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+@contextlib.contextmanager
+def _stdout_on_main_process():
+    """Under torchrun every rank runs the command: only rank 0 prints its results (errors: every rank)."""
+    from medseg.engine.distributed import is_main_process
+
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     nu.add_argument("--n", type=int, default=50, help="number of images (default 50)")
     nu.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     nu.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    nu.add_argument(
+        "--frames",
+        type=int,
+        help="write a time-lapse of T frames instead (moving, dividing, entering/leaving nuclei) in Cell "
+        "Tracking Challenge layout with full ground truth: OUT/01/t000.tif, OUT/01_GT/{TRA,SEG}",
+    )
+    nu.add_argument("--sequences", type=int, default=1, help="with --frames: number of movies (01, 02, ...)")
     nu.set_defaults(func=_phantom_nuclei)
 
     p = sub.add_parser("data", parents=[common], help="check and import datasets")
@@ -128,6 +150,39 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prefix", help="case name prefix (default: the archive's name)")
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     d.set_defaults(func=_data_import_deepcell)
+    importers = {}
+    for name, help_text, src_help in (
+        ("folders", "images/ + masks/ folders: class-id or colour masks", "folder with images/ and masks/"),
+        ("coco", "COCO instance JSON (polygons, RLE) + its images", "the COCO annotation .json"),
+        ("cellpose", "Cellpose *_seg.npy files + their images", "folder of *_seg.npy files (or one)"),
+        ("imagefolder", "class-per-folder classification set (SRC/<class>/*.png)", "folder of class folders"),
+        (
+            "ctc",
+            "Cell Tracking Challenge: frames with SEG ground truth",
+            "folder holding 01/, 01_GT/SEG, ...",
+        ),
+    ):
+        f = formats.add_parser(name, parents=[common], help=help_text)
+        f.add_argument("src", help=src_help)
+        f.add_argument("dst", help="folder to create")
+        f.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+        f.set_defaults(func=_data_import, import_format=name)
+        importers[name] = f
+    for name in ("folders", "coco", "cellpose", "imagefolder"):  # ctc groups its cases by sequence itself
+        importers[name].add_argument(
+            "--group-by",
+            metavar="REGEX",
+            help="regex on the case (file) name whose first group keeps one patient's images together, "
+            "e.g. '^(patient\\d+)_'",
+        )
+    importers["folders"].add_argument(
+        "--palette", help="colour masks: 'background=0,0,0;tumour=255,0,0' (default: inferred, black first)"
+    )
+    importers["folders"].add_argument(
+        "--labels", help="class names in id order, e.g. background,tumour (default class_1, class_2, ...)"
+    )
+    importers["coco"].add_argument("--images", help="folder the JSON's file_name paths are relative to")
+    importers["ctc"].add_argument("--sequences", help="sequences to import, e.g. 01,02 (default: all)")
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset")
     p.add_argument("dataset", nargs="?", help="dataset folder (optional with --resume)")
@@ -211,6 +266,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="write RUN/report.html")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "track",
+        parents=[common],
+        help="segment a time-lapse with an instance run (or read label masks) and link cells over time",
+        description="Writes a Cell Tracking Challenge result (maskNNN.tif, res_track.txt), tracks.csv, "
+        "a GIF of the tracked movie, a lineage plot and report.html into --out.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="RUN FRAMES",
+        help="an instance run and the movie (a CTC frame folder such as 01/ or a multi-page TIFF); "
+        "with --masks only the movie, optional",
+    )
+    p.add_argument(
+        "--masks", help="track these label images instead of segmenting: folder of *NNN.tif or TIFF stack"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--gt", help="CTC ground truth folder (01_GT) to score the tracks against")
+    _add_set_option(p, "tracking setting, e.g. --set max_gap=2 --set max_distance=30 (repeatable)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.set_defaults(func=_track)
+
+    p = sub.add_parser(
+        "evaluate-tracking",
+        parents=[common],
+        help="score a CTC tracking result against ground truth: TRA, DET, SEG, divisions, ID switches",
+    )
+    p.add_argument(
+        "result", help="result folder (maskNNN.tif + res_track.txt), e.g. the --out of medseg track"
+    )
+    p.add_argument("gt", help="ground truth folder, e.g. 01_GT (TRA/ with man_track.txt; SEG/ optional)")
+    p.add_argument(
+        "--division-tolerance", type=int, default=0, help="frames a division may be early or late (default 0)"
+    )
+    p.set_defaults(func=_evaluate_tracking)
 
     p = sub.add_parser("serve", parents=[common], help="the browser app and its JSON API")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; the first is the default model")
@@ -313,6 +406,20 @@ def _phantom_blood_crops(args: argparse.Namespace) -> int:
 def _phantom_nuclei(args: argparse.Namespace) -> int:
     from medseg.data.phantoms import write_nuclei_dataset
 
+    if args.frames is not None:
+        import json
+
+        from medseg.data.phantoms.timelapse import write_nuclei_movie
+
+        out = write_nuclei_movie(
+            args.out, args.frames, size=args.size, seed=args.seed, sequences=args.sequences
+        )
+        for seq in json.loads((out / "phantom.json").read_text(encoding="utf-8"))["sequences"]:
+            print(
+                f"wrote movie {out / seq['sequence']}: {args.frames} frames of {args.size}x{args.size}, "
+                f"{seq['tracks']} tracks, {seq['divisions']} divisions (ground truth in {seq['sequence']}_GT)"
+            )
+        return 0
     out = write_nuclei_dataset(args.out, args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} fluorescent nuclei phantoms ({args.size}x{args.size}, instance labels) to {out}")
     return 0
@@ -340,6 +447,52 @@ def _data_import_deepcell(args: argparse.Namespace) -> int:
         f"{meta['medseg']['objects_per_image']:.1f} objects per image on average"
     )
     return 0
+
+
+_IMPORT_OPTIONS = ("palette", "labels", "images", "group_by", "sequences", "overwrite")
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    """`medseg data import FORMAT SRC DST` for the formats whose options are plain keyword arguments."""
+    from medseg.data.importers import import_dataset
+
+    options = {key: getattr(args, key) for key in _IMPORT_OPTIONS if hasattr(args, key)}
+    if "labels" in options:
+        options["labels"] = _split_classes(options["labels"])
+    dst = import_dataset(args.import_format, args.src, args.dst, **options)
+    print(_import_summary(dst))
+    return 0
+
+
+def _import_summary(dst: Path) -> str:
+    """What an import wrote, in a few lines: counts, classes, the importer's notes, the next step."""
+    import json
+
+    if not (dst / "dataset.json").is_file():
+        from medseg.data.classification import open_classification_dataset
+
+        data = open_classification_dataset(dst / "labels.csv")
+        counts = ", ".join(f"{name} {count}" for name, count in data.class_counts().items())
+        groups = len({item.group for item in data.items})
+        return (
+            f"imported {len(data.items)} images of {len(data.class_names)} classes ({counts}) in {groups} "
+            f"groups to {dst}\nnext: medseg train {dst / 'labels.csv'} --task classify"
+        )
+    meta = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
+    extra = meta.get("medseg", {})
+    if extra.get("task") == "instance":
+        what = f"instance labels, {extra['objects_per_image']:.1f} objects per image"
+        if extra.get("instance_classes"):
+            what += f"; types {', '.join(extra['instance_classes'])}"
+    else:
+        what = f"classes {', '.join(meta['labels'])}"
+    lines = [f"imported {meta['numTraining']} cases to {dst}: {what}"]
+    lines += [f"  {note}" for note in extra.get("notes", [])]
+    if extra.get("group_by"):
+        lines.append(
+            "medseg train keeps each group on one side of the split (medseg.group_by in dataset.json)"
+        )
+    return "\n".join(lines)
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -515,6 +668,47 @@ def _f(value: float | None, width: int = 7, digits: int = 3) -> str:
     if value is None or value != value:
         return f"{'-':>{width}}"
     return f"{value:>{width}.{digits}f}"
+
+
+def _track(args: argparse.Namespace) -> int:
+    from medseg.workflows.track import parse_params, print_scores, track
+
+    inputs = list(args.inputs)
+    if args.masks:
+        if len(inputs) > 1:
+            raise MedsegError("track --masks MASKS [FRAMES]: give at most the movie besides --masks, no run")
+        run, frames = None, (inputs[0] if inputs else None)
+    else:
+        if len(inputs) != 2:
+            raise MedsegError("track: expected RUN FRAMES (an instance run and the movie), or --masks MASKS")
+        run, frames = inputs
+    summary = track(
+        args.out,
+        run=run,
+        frames=frames,
+        masks=args.masks,
+        params=parse_params(args.overrides),
+        gt=args.gt,
+        device=args.device,
+        backend=args.backend,
+    )
+    print(
+        f"{summary['tracks']} tracks, {summary['divisions']} divisions over {summary['frames']} frames "
+        f"({summary['objects_per_frame']:.1f} objects per frame) written to {args.out}"
+    )
+    if "metrics" in summary:
+        print_scores(summary["metrics"])
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _evaluate_tracking(args: argparse.Namespace) -> int:
+    from medseg.workflows.track import evaluate_tracking, print_scores
+
+    metrics = evaluate_tracking(args.result, args.gt, division_tolerance=args.division_tolerance)
+    print_scores(metrics)
+    print(f"scores written to {Path(args.result) / 'metrics.json'}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

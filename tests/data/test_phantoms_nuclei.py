@@ -237,3 +237,11 @@ def test_refuses_to_write_into_another_dataset_or_with_bad_arguments(tmp_path) -
         write_nuclei_dataset(tmp_path / "e", -1)
     with pytest.raises(MedsegError, match="at least 32"):
         write_nuclei_dataset(tmp_path / "e", 1, size=20)
+
+
+def test_nuclei_wholly_outside_the_image_are_left_out():
+    from medseg.data.phantoms import Nucleus, render_nuclei
+
+    outside = [Nucleus(-30.0, 30.0, 8.0, 6.0, 0.0), Nucleus(30.0, 200.0, 8.0, 6.0, 0.0)]
+    frame = render_nuclei([*outside, Nucleus(32.0, 32.0, 8.0, 6.0, 0.0)], 64, rng=0)
+    assert frame.labels.max() == 1 and len(frame.nuclei) == 1 and frame.nuclei[0].row == 32.0

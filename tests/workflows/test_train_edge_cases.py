@@ -185,3 +185,17 @@ def test_config_mistakes_from_values_are_exit_2(blood_dataset: Path, tmp_path: P
         main(["train", str(blood_dataset), "--set", "augment.affine_p=2", "--out", str(tmp_path / "r")]) == 2
     )
     assert "augment.affine_p" in capsys.readouterr().err
+
+
+def test_dataset_group_by_is_used_unless_the_config_sets_one(blood_dataset: Path, tmp_path: Path):
+    data = tmp_path / "data"
+    shutil.copytree(blood_dataset, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta.setdefault("medseg", {})["group_by"] = r"^blood_00(\d)"  # as an importer writes it
+    (data / "dataset.json").write_text(json.dumps(meta))
+    run = train(data, tiny_config("train.epochs=1"), tmp_path / "r")
+    assert "group_by: ^blood_00(\\d)" in (run / "config.yaml").read_text()
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["group_by"] == r"^blood_00(\d)"
+    explicit = train(data, tiny_config("train.epochs=1", "data.group_by=^(blood)_"), tmp_path / "r2")
+    assert json.loads((explicit / "splits.json").read_text())["group_by"] == "^(blood)_"

@@ -57,6 +57,7 @@ class Dataset:
     task: str = "semantic"  # what dataset.json's "medseg" section says the labels are
     instance_classes: list[str] = field(default_factory=list)  # instance type names (sidecar values)
     differential: list[str] = field(default_factory=list)  # types a differential count is over
+    group_by: str = ""  # importer's suggested data.group_by regex (e.g. one patient or sequence per group)
 
     @property
     def class_names(self) -> list[str]:
@@ -151,8 +152,20 @@ def _open_nnunet(root: Path) -> Dataset:
     orphans = sorted(f for stem, f in label_files.items() if stem not in channels)
     types = [str(t) for t in extra.get("instance_classes") or []]
     differential = [str(t) for t in extra.get("differential") or []]
+    group_by = str(extra.get("group_by") or "")
     return Dataset(
-        root, "nnunet", cases, labels, channel_names, colors, orphans, ignore_label, task, types, differential
+        root,
+        "nnunet",
+        cases,
+        labels,
+        channel_names,
+        colors,
+        orphans,
+        ignore_label,
+        task,
+        types,
+        differential,
+        group_by,
     )
 
 

@@ -1,7 +1,8 @@
 """Trainer callbacks: checkpoints, early stopping, CSV/TensorBoard logs, progress bar.
 
 Callbacks keep no state of their own that a resume would need: what they decide is derived from
-``trainer.state`` (restored from ``last.pt``), so a resumed run behaves as an uninterrupted one.
+``trainer.state`` (restored from ``last.pt``), so a resumed run behaves as an uninterrupted one. Those that
+only write or print are ``main_process_only``: under torchrun they run on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Checkpoint(Callback):
         folder: ``RUN/checkpoints``.
         extra: stored in both checkpoints (e.g. the resolved config as a plain dict).
     """
+
+    main_process_only = True
 
     def __init__(self, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
         self.folder = Path(folder)
@@ -81,6 +84,8 @@ class EarlyStopping(Callback):
 class CSVLogger(Callback):
     """Rewrite ``metrics.csv`` (one row per epoch) atomically from the trainer's history."""
 
+    main_process_only = True
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
@@ -90,6 +95,8 @@ class CSVLogger(Callback):
 
 class TensorBoardLogger(Callback):
     """Scalars to TensorBoard event files (needs ``tensorboard``: pip install 'medseg[tensorboard]')."""
+
+    main_process_only = True
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -119,6 +126,8 @@ class TensorBoardLogger(Callback):
 
 class ProgressBar(Callback):
     """A tqdm bar per epoch showing the running loss, then a one-line epoch summary."""
+
+    main_process_only = True
 
     def __init__(
         self, steps_per_epoch: int, summary_keys: tuple[str, ...] = ("val_loss", "val_dice")

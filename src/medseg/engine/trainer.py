@@ -3,10 +3,16 @@
 What differs between tasks is injected, never subclassed: ``step_fn`` computes the loss of a batch
 (the default is ``loss_fn(model(images), targets)``), ``validate`` returns the epoch's validation
 logs, and callbacks do the side work (checkpoints, early stopping, logs, progress, snapshots).
+
+Under torchrun (an initialised process group, see :mod:`medseg.engine.distributed`) the same Trainer
+trains with DistributedDataParallel: forward passes go through ``trainer.network`` (the wrapper), the
+loss sees the global batch, rank 0 alone validates and runs the ``main_process_only`` callbacks, and
+``trainer.model`` stays the plain module that validation, snapshots and checkpoints use.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -16,11 +22,19 @@ from typing import Any
 import torch
 
 from medseg.engine.device import autocast
+from medseg.engine.distributed import RankShard, current_context, gather_for_loss
 from medseg.errors import ConfigError
 
 
 class Callback:
-    """Hooks called by :class:`Trainer`; override the ones you need."""
+    """Hooks called by :class:`Trainer`; override the ones you need.
+
+    ``main_process_only = True`` marks callbacks that only write files or print (checkpoints, logs,
+    progress): in a distributed run they run on rank 0 alone. Callbacks that change training (early
+    stopping, freezing) run on every rank, deciding from state that is the same on all of them.
+    """
+
+    main_process_only = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first epoch (also after a resume)."""
@@ -70,7 +84,14 @@ class Trainer:
         bf16: run forward passes under bf16 autocast.
         grad_clip: max global gradient norm (0 = off).
         callbacks: hooks, called in order.
-        device: where the model and batches live.
+        device: where the model and batches live (under torchrun: this process's device).
+
+    Attributes:
+        model: the plain module (validation, snapshots and checkpoints use it).
+        network: what training forward passes go through: ``model``, or under torchrun its
+            DistributedDataParallel wrapper (a custom ``step_fn`` must call ``trainer.network``, and pass
+            its outputs and targets through :meth:`gather_batch` before the loss).
+        distributed: the job (:class:`~medseg.engine.distributed.DistributedContext`).
     """
 
     def __init__(
@@ -96,6 +117,9 @@ class Trainer:
         if step_fn is None and loss_fn is None:
             raise ValueError("Trainer needs loss_fn or step_fn")
         self.model = model
+        self.network = model
+        self.distributed = current_context()
+        self._network_for: tuple[bool, ...] | None = None  # trainable flags the wrapper was built for
         self.optimizer = optimizer
         self.train_loader = train_loader
         self.loss_fn = loss_fn
@@ -120,11 +144,26 @@ class Trainer:
     def fit(self) -> TrainState:
         """Run until the epoch or step budget is spent or a callback sets ``should_stop``."""
         self.model.to(self.device, memory_format=self.memory_format)
+        if self.distributed.enabled:
+            sampler = getattr(self.train_loader, "sampler", None)
+            if sampler is not None and not isinstance(
+                sampler, (RankShard, torch.utils.data.DistributedSampler)
+            ):
+                raise ValueError(
+                    "Trainer: in a distributed run the train_loader's sampler must give each rank its own "
+                    "share (wrap it with medseg.engine.distributed.shard_sampler)"
+                )
+            if self.device.type == "cuda":  # batch statistics over the global batch (NCCL only)
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self._call("on_fit_start")
         self.should_stop = self.state.stopped_early
-        while self.state.epoch < self.epochs and not self._budget_spent() and not self.should_stop:
-            self.train_one_epoch()
+        try:
+            while self.state.epoch < self.epochs and not self._budget_spent() and not self.should_stop:
+                self.train_one_epoch()
+        finally:
+            self._release_network()
         self._call("on_fit_end")
+        self.distributed.barrier()  # rank 0's files are complete when fit returns on any rank
         return self.state
 
     def train_one_epoch(self) -> dict[str, float]:
@@ -135,6 +174,7 @@ class Trainer:
             sampler.set_epoch(self.state.epoch)
         self.model.train()
         self._call("on_epoch_start")
+        self._prepare_network()
         total, count = 0.0, 0
         for batch in self.train_loader:
             loss = self.run_step(batch)
@@ -144,12 +184,16 @@ class Trainer:
             if self._budget_spent():
                 break
         self.state.epoch += 1
-        logs: dict[str, float] = {"epoch": self.state.epoch, "train_loss": total / max(count, 1)}
+        (train_loss,) = self.distributed.mean([total / max(count, 1)])
+        logs: dict[str, float] = {"epoch": self.state.epoch, "train_loss": train_loss}
         if self.validate is not None:
-            self.model.eval()
-            with torch.inference_mode():
-                logs.update(self.validate(self))
-            self.model.train()
+            validated = None
+            if self.distributed.is_main:  # the others wait for its logs
+                self.model.eval()
+                with torch.inference_mode():
+                    validated = self.validate(self)
+                self.model.train()
+            logs.update(self.distributed.broadcast(validated))
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None and self.plateau and self.monitor in logs:
             self.scheduler.step(logs[self.monitor])
@@ -194,11 +238,57 @@ class Trainer:
         """The autocast context forward passes run under."""
         return autocast(self.device, self.bf16)
 
+    def gather_batch(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global batch's outputs and targets for the loss (this rank's own when not distributed).
+
+        Args:
+            outputs: ``(B, ...)`` this rank's network outputs.
+            targets: ``(B, ...)`` this rank's targets.
+
+        Returns:
+            ``(B * world_size, ...)`` each; the loss computed on them is the single-process loss of the
+            global batch, and so is its gradient (see :func:`~medseg.engine.distributed.gather_for_loss`).
+        """
+        return gather_for_loss(outputs, self.distributed), gather_for_loss(targets, self.distributed)
+
+    def _prepare_network(self) -> None:
+        """(Re)build the DistributedDataParallel wrapper when the set of trainable parameters changed.
+
+        DDP syncs the gradients of the parameters that required grad when it was built, so freezing or
+        unfreezing (``model.freeze_encoder``) needs a new wrapper; it also broadcasts rank 0's weights.
+        """
+        if not self.distributed.enabled:
+            self.network = self.model
+            return
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if trainable != self._network_for:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = None
+            if self.device.type == "cuda":
+                ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+            self._network_for = trainable
+
+    def _release_network(self) -> None:
+        """Drop the DistributedDataParallel wrapper at the end of fit, also after an error.
+
+        Its reducer holds the process group, and a gloo group whose last reference goes away there (with
+        the GIL held) can deadlock against its own worker threads (pytorch/pytorch#56297); released here,
+        the group is freed by ``destroy_process_group``, which releases the GIL first.
+        """
+        if self.network is not self.model:
+            self.network = self.model
+            self._network_for = None
+            gc.collect()  # DDP keeps reference cycles
+
     def _budget_spent(self) -> bool:
         return bool(self.max_steps) and self.state.global_step >= self.max_steps
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
+            if callback.main_process_only and not self.distributed.is_main:
+                continue
             getattr(callback, hook)(self, *args)
 
     # -- resumable state --------------------------------------------------------------------------------
@@ -215,6 +305,7 @@ class Trainer:
             "history": self.state.history,
             "stopped_early": self.state.stopped_early,
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.distributed.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -238,9 +329,10 @@ def _default_step(trainer: Trainer, batch: Any) -> torch.Tensor:
     images, targets = batch
     images, targets = trainer.to_device(images), trainer.to_device(targets)
     with trainer.autocast():
-        outputs = trainer.model(images)
-    loss = trainer.loss_fn(outputs, targets)
-    # Models with extra training terms (deep supervision, attention regularisation) add them here.
+        outputs = trainer.network(images)
+    loss = trainer.loss_fn(*trainer.gather_batch(outputs, targets))
+    # Models with extra training terms (deep supervision, attention regularisation) add them here; they
+    # come from this rank's last forward, so under torchrun they are per-rank terms, averaged by DDP.
     auxiliary = getattr(trainer.model, "auxiliary_loss", None)
     extra = auxiliary(targets, trainer.loss_fn) if auxiliary is not None else None
     return loss if extra is None else loss + extra

@@ -7,6 +7,18 @@ from medseg.io.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from medseg.io.ctc import (
+    CtcGroundTruth,
+    check_tracks,
+    list_frames,
+    read_ctc_ground_truth,
+    read_frames,
+    read_label_frames,
+    read_track_table,
+    write_ctc_result,
+    write_frames,
+    write_track_table,
+)
 from medseg.io.images import (
     IMAGE_SUFFIXES,
     LABEL_SUFFIXES,
@@ -19,13 +31,23 @@ from medseg.io.images import (
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
+    "CtcGroundTruth",
     "atomic_path",
+    "check_tracks",
     "is_image_file",
+    "list_frames",
+    "read_ctc_ground_truth",
+    "read_frames",
     "read_image",
     "read_label",
+    "read_label_frames",
+    "read_track_table",
     "write_bytes_atomic",
     "write_csv_atomic",
+    "write_ctc_result",
+    "write_frames",
     "write_image",
     "write_json_atomic",
     "write_text_atomic",
+    "write_track_table",
 ]

@@ -26,14 +26,24 @@ from medseg.metrics.semantic import (
     hd95,
     per_class_metrics,
 )
+from medseg.metrics.tracking import (
+    AOGM_WEIGHTS,
+    DetectionMatch,
+    TrackingScores,
+    match_detections,
+    tracking_metrics,
+)
 
 __all__ = [
+    "AOGM_WEIGHTS",
     "DSB_THRESHOLDS",
     "METRIC_NAMES",
+    "DetectionMatch",
     "MatchResult",
     "ObjectErrors",
     "OverlapTable",
     "SemanticMetrics",
+    "TrackingScores",
     "aggregate_instance_metrics",
     "aji",
     "aji_plus",
@@ -42,10 +52,12 @@ __all__ = [
     "expected_calibration_error",
     "hd95",
     "instance_metrics",
+    "match_detections",
     "match_instances",
     "object_errors",
     "one_vs_rest_auc",
     "overlap_table",
     "per_class_metrics",
     "reliability_bins",
+    "tracking_metrics",
 ]

@@ -188,6 +188,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, row_classes: 
     return f'<div class="scroll">{table_html}</div>'
 
 
+def key_value_table(rows: Sequence[tuple[str, str]]) -> str:
+    """A two-column summary table: plain-text keys, HTML values."""
+    body = "".join(f"<tr><th>{escape(key)}</th><td>{value}</td></tr>" for key, value in rows)
+    return f'<table class="summary"><tbody>{body}</tbody></table>'
+
+
 def _looks_numeric(cell: str) -> bool:
     return cell == "—" or re.fullmatch(r"-?[\d.,]+(e-?\d+)?", cell) is not None
 
@@ -341,10 +347,9 @@ def summary_section(run: RunFolder) -> str:
         mean = evaluation.get("mean") if isinstance(evaluation.get("mean"), dict) else {}
         rows.append(("evaluated on", _evaluation_line(evaluation) + f", mean dice {fmt(mean.get('dice'))}"))
 
-    body = "".join(f"<tr><th>{key}</th><td>{value}</td></tr>" for key, value in rows)
     warnings = "".join(note(escape(p), kind="note section-error") for p in problems)
     return (
-        f'<table class="summary"><tbody>{body}</tbody></table>{warnings}'
+        f"{key_value_table(rows)}{warnings}"
         f"<details><summary>full config (config.yaml)</summary><pre>{escape(run.config_text)}</pre>"
         "</details>"
     )
@@ -741,23 +746,33 @@ def build_report(run_dir: str | os.PathLike[str], *, sections: Sequence[Section]
             )
         if body is not None:
             rendered.append((section, body))
-    nav = " · ".join(f'<a href="#{s.id}">{escape(s.title)}</a>' for s, _ in rendered)
+    out = run.path / "report.html"
+    write_text_atomic(out, render_page(f"medseg report: {run.name}", run.name, run.path, rendered))
+    return out
+
+
+def render_page(title: str, name: str, path: Path, sections: Sequence[tuple[Any, str]]) -> str:
+    """The self-contained HTML page of a report: header, navigation, and ``(section, body)`` pairs.
+
+    Args:
+        title: the browser tab's title (plain text).
+        name: the page heading (plain text).
+        path: the folder the page describes (shown under the heading).
+        sections: objects with ``id`` and ``title`` and their HTML bodies, in order.
+    """
+    nav = " · ".join(f'<a href="#{s.id}">{escape(s.title)}</a>' for s, _ in sections)
     content = "\n".join(
-        f'<section id="{s.id}"><h2>{escape(s.title)}</h2>\n{body}</section>' for s, body in rendered
+        f'<section id="{s.id}"><h2>{escape(s.title)}</h2>\n{body}</section>' for s, body in sections
     )
-    generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = _PAGE.format(
-        title=escape(f"medseg report: {run.name}"),
-        name=escape(run.name),
-        path=escape(str(run.path.resolve())),
-        generated=generated,
+    return _PAGE.format(
+        title=escape(title),
+        name=escape(name),
+        path=escape(str(Path(path).resolve())),
+        generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         nav=nav,
         content=content,
         css=_CSS,
     )
-    out = run.path / "report.html"
-    write_text_atomic(out, page)
-    return out
 
 
 _PAGE = """<!DOCTYPE html>

@@ -451,9 +451,14 @@ def train_classifier(
     device = pick_device(device)
     guide = None
     if config.data.mask_with:
-        if not (run / MASK_RUN).is_dir():
+        from medseg.engine.distributed import current_context
+
+        job = current_context()  # under torchrun rank 0 decides and copies, the others wait
+        if job.broadcast(not (run / MASK_RUN).is_dir()):
             config.data.mask_with = str(Path(config.data.mask_with).resolve())
-            copy_mask_run(config.data.mask_with, run)
+            if job.is_main:
+                copy_mask_run(config.data.mask_with, run)
+            job.barrier()
         guide = SegmentationGuide.for_run(config, run, device)
     train_images = PreparedImages([item.path for item in train_items], config, guide=guide)
     val_images = PreparedImages([item.path for item in val_items], config, guide=guide)
@@ -567,6 +572,7 @@ def _build_classifier_trainer(
     from medseg.data.samples import EpochSampler
     from medseg.engine import callbacks as cb
     from medseg.engine.device import use_bf16
+    from medseg.engine.distributed import shard_sampler
     from medseg.engine.trainer import Trainer
     from medseg.workflows.train import _param_groups, _scheduler
 
@@ -577,6 +583,7 @@ def _build_classifier_trainer(
         sampler = BalancedSampler(train_labels, samples, t.seed)
     else:
         sampler = EpochSampler(len(train_images), samples, t.seed)
+    sampler = shard_sampler(sampler)  # under torchrun: this rank's share of the epoch
     workers = max(0, config.data.num_workers)
     loader = torch.utils.data.DataLoader(
         ClassificationSamples(train_images, train_labels, config.augment),
@@ -584,7 +591,7 @@ def _build_classifier_trainer(
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
-        drop_last=samples >= 2 * t.batch_size,  # a batch of one breaks batch norm
+        drop_last=len(sampler) >= 2 * t.batch_size,  # a batch of one breaks batch norm
     )
     steps_per_epoch = len(loader)
     total_steps = t.epochs * steps_per_epoch
@@ -818,11 +825,18 @@ def predict_classifier(
     Columns: ``file``, ``class`` (predicted), ``probability`` (of that class) and ``p_<class>`` for every
     class. With ``explain``, a Grad-CAM overlay for the predicted class of each image goes to
     ``out/heatmaps/<stem>.png`` (column ``heatmap``). An unreadable file is reported after the others are
-    written.
+    written. Under torchrun each process classifies every N-th file and rank 0 writes the CSV.
 
     Raises:
         DataError: unreadable inputs (after writing everything else), or no inputs.
     """
+    from medseg.engine.distributed import distributed_session
+
+    with distributed_session(device) as job:
+        return _predict_classifier(run_dir, inputs, Path(out), job, device, overrides, explain, method)
+
+
+def _predict_classifier(run_dir, inputs, out: Path, job, device, overrides, explain, method) -> Path:
     from tqdm.auto import tqdm
 
     from medseg.io import write_image
@@ -831,15 +845,15 @@ def predict_classifier(
     files = collect_inputs(inputs)
     predictor = ClassificationPredictor.from_run(run_dir, device=device, overrides=overrides)
     names = predictor.class_names
-    out = Path(out)
     rows, problems = [], []
-    stems = _unique_stems(files)
-    for path, stem in tqdm(list(zip(files, stems)), desc="predict", unit="image", disable=None, leave=False):
+    mine = job.shard(list(zip(files, _unique_stems(files))))
+    bar = tqdm(mine, desc="predict", unit="image", disable=None if job.is_main else True, leave=False)
+    for index, (path, stem) in bar:
         try:
             image = read_image(path)
             prepared = predictor.preprocess(image, str(path))
         except DataError as exc:
-            problems.append(str(exc))
+            problems.append((index, str(exc)))
             continue
         probabilities = predictor.probabilities([prepared])[0]
         row = prediction_row(str(path), probabilities, names)
@@ -851,11 +865,13 @@ def predict_classifier(
             heat = classification_heatmap(predictor, image, str(path), class_name=predicted, method=method)
             write_image(out / "heatmaps" / f"{stem}.png", heat.overlay)
             row["heatmap"] = f"heatmaps/{stem}.png"
-        rows.append(row)
+        rows.append((index, row))
+    rows, problems = job.merge(rows), job.merge(problems)
     path = out / "predictions.csv"
-    if rows:
+    if rows and job.is_main:
         write_csv_atomic(path, rows)
     if problems:
+        job.barrier()  # predictions.csv is written before any rank reports the problem
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {out}")
     return path

@@ -181,6 +181,9 @@ def predict(
     ``instance.differential`` types, e.g. a differential white-cell count). A file that cannot be read
     is reported and skipped; the others are still written.
 
+    Under ``torchrun --nproc_per_node N -m medseg predict ...`` each process predicts every N-th file
+    and writes its masks and overlays; rank 0 writes the CSVs, identical to a single process's.
+
     Args:
         run_dir: the run folder.
         inputs: image files or folders.
@@ -196,30 +199,41 @@ def predict(
     Raises:
         DataError: unreadable inputs (after writing everything else), or no inputs.
     """
+    from medseg.engine.distributed import distributed_session
+
+    # onnxruntime predicts on the CPU: no GPU (and no NCCL) for its process group either
+    with distributed_session("cpu" if backend == "onnxruntime" and device == "auto" else device) as job:
+        return _predict(run_dir, inputs, Path(out), job, mask_format, device, overrides, backend)
+
+
+def _predict(run_dir, inputs, out: Path, job, mask_format, device, overrides, backend) -> Path:
+    """:func:`predict` within a (possibly distributed) session: this rank's every N-th file, then rank 0
+    writes the combined CSVs from every rank's rows, in input order."""
     from medseg.workflows.classify import is_classification_run, predict_classifier
 
     if is_classification_run(run_dir):  # predictions.csv instead of masks
         if backend != "torch":
             raise DataError(f"--backend {backend}: classification runs predict with torch only")
         return predict_classifier(run_dir, inputs, out, device=device, overrides=overrides)
+    from tqdm.auto import tqdm
+
     from medseg.inference.predictor import Predictor
 
     if mask_format not in (None, "png", "tif"):
         raise DataError(f"--format: {mask_format!r} is not png or tif")
     files = collect_inputs(inputs)
+    # "auto"/"cuda" is this process's GPU under torchrun: the session made it the current device
     predictor = Predictor.from_run(run_dir, device=device, overrides=list(overrides), backend=backend)
     instance = predictor.config.task == "instance"
     mask_format = mask_format or ("tif" if instance else "png")
-    out = Path(out)
-    stems = _unique_stems(files)
-    rows, problems, objects, counts = [], [], [], []
-    from tqdm.auto import tqdm
-
-    for path, stem in tqdm(list(zip(files, stems)), desc="predict", unit="image", disable=None, leave=False):
+    mine = job.shard(list(zip(files, _unique_stems(files))))
+    done, failed = [], []  # (file index, what one process would have appended)
+    bar = tqdm(mine, desc="predict", unit="image", disable=None if job.is_main else True, leave=False)
+    for index, (path, stem) in bar:
         try:
             result = segment_image(predictor, read_image(path), str(path))
         except DataError as exc:
-            problems.append(str(exc))
+            failed.append((index, str(exc)))
             continue
         write_image(out / "masks" / f"{stem}.{mask_format}", result.mask)
         write_image(out / "overlays" / f"{stem}.png", result.overlay)
@@ -229,21 +243,26 @@ def predict(
             "height": result.labels.shape[0],
             "width": result.labels.shape[1],
         }
+        objects, counts = [], []
         if instance:
             row["objects"] = len(result.objects)
-            objects += [{"image": stem, **o} for o in result.objects]
-            counts += [{"image": stem, **c} for c in result.counts]
+            objects = [{"image": stem, **o} for o in result.objects]
+            counts = [{"image": stem, **c} for c in result.counts]
         row.update({f"fraction_{c.name}": c.fraction for c in result.classes})
-        rows.append(row)
+        done.append((index, (row, objects, counts)))
+    done, problems = job.merge(done), job.merge(failed)
+    rows = [row for row, _, _ in done]
     summary = out / "summary.csv"
-    if rows:
+    if job.is_main and rows:
         write_csv_atomic(summary, rows)
-    if instance and rows:
-        from medseg.postprocess.objects import OBJECT_COLUMNS
+        if instance:
+            from medseg.postprocess.objects import OBJECT_COLUMNS
 
-        write_csv_atomic(out / "objects.csv", objects, fieldnames=["image", *OBJECT_COLUMNS])
-        write_csv_atomic(out / "counts.csv", counts)
+            objects = [o for _, image_objects, _ in done for o in image_objects]
+            write_csv_atomic(out / "objects.csv", objects, fieldnames=["image", *OBJECT_COLUMNS])
+            write_csv_atomic(out / "counts.csv", [c for _, _, image_counts in done for c in image_counts])
     if problems:
+        job.barrier()  # the CSVs above are written before any rank reports the problem
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {out}")
     return summary

@@ -1,4 +1,9 @@
-"""``medseg train``: dataset folder -> run folder (config, split, checkpoints, logs, snapshots)."""
+"""``medseg train``: dataset folder -> run folder (config, split, checkpoints, logs, snapshots).
+
+Under ``torchrun --nproc_per_node N -m medseg train ...`` every process runs this same function: each
+loads the dataset and builds the same model, trains on its share of every epoch (``train.batch_size`` per
+process), and rank 0 alone writes the run folder (see ``docs/distributed.md``).
+"""
 
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ def train(
         resume: continue from ``out/checkpoints/last.pt``.
         classes: class names for an images/ + masks/ dataset.
         overrides: ``--set`` overrides (only used on resume; otherwise already in ``config``).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu`` or ``cuda`` (under torchrun: each process's own GPU).
 
     Returns:
         The run folder.
@@ -49,15 +54,37 @@ def train(
     Raises:
         MedsegError: bad dataset, config or run folder (one line naming the problem).
     """
+    from medseg.engine.distributed import distributed_session
     from medseg.workflows.classify import train_classifier, wants_classifier
 
-    if wants_classifier(dataset, config, out, resume):  # class-per-folder or CSV set, or task classify
-        return train_classifier(
-            dataset, config, out, resume=resume, classes=classes, overrides=overrides, device=device
+    with distributed_session(device) as job:
+        if wants_classifier(dataset, config, out, resume):  # class-per-folder or CSV set, or task classify
+            return train_classifier(
+                dataset,
+                config,
+                out,
+                resume=resume,
+                classes=classes,
+                overrides=overrides,
+                device=str(job.device),
+            )
+        return _train_segmentation(
+            dataset, config, Path(out), job, resume=resume, classes=classes, overrides=overrides
         )
-    from medseg.engine.device import pick_device, seed_everything, use_bf16
 
-    run = Path(out)
+
+def _train_segmentation(
+    dataset: str | Path | None,
+    config: Config,
+    run: Path,
+    job,
+    *,
+    resume: bool,
+    classes: Sequence[str] | None,
+    overrides: Sequence[str],
+) -> Path:
+    from medseg.engine.device import seed_everything, use_bf16
+
     if resume:
         config = _resume_config(run, overrides)
         if dataset is not None:
@@ -75,7 +102,7 @@ def train(
     data = open_dataset(config.data.path, classes=classes or _classes_from_config(config))
     _fill_data_config(config, data)
     config.validate()
-    splits = _load_or_make_split(run, data, config, resume)
+    splits = _load_or_make_split(run, data, config, resume, write=job.is_main)
     val_cases = splits["val"]
     images, labels, types = _load_cases(data, splits["train"] + val_cases, config)
     n_train = len(splits["train"])
@@ -83,7 +110,7 @@ def train(
     val_images, val_labels = images[n_train:], labels[n_train:]
     config.data.in_channels = train_images[0].shape[0]
 
-    device = pick_device(device)
+    device = job.device
     seed_everything(config.train.seed)
     cases = LoadedCases(
         train_images, train_labels, val_cases, val_images, val_labels, types[:n_train], types[n_train:]
@@ -92,20 +119,30 @@ def train(
     trainer = _build_trainer(config, run, device, data, cases, pretrained=not resume)
     if resume and not resume_trainer(trainer, run, config):
         return run
-    save_config(config, run / "config.yaml")
     amp = "bf16" if use_bf16(config.train.amp, device) else "off"
-    print(
-        f"training {config.model.name} on {len(train_images)} cases (val {len(val_images)}), "
-        f"{config.train.epochs} epochs, device {device.type}, amp {amp}",
-        file=sys.stderr,
-    )
+    if job.is_main:
+        save_config(config, run / "config.yaml")
+        print(
+            f"training {config.model.name} on {len(train_images)} cases (val {len(val_images)}), "
+            f"{config.train.epochs} epochs, device {device.type}, amp {amp}{_processes(job, config)}",
+            file=sys.stderr,
+        )
     trainer.fit()
-    if config.task == "instance" and config.instance.tune != "off" and val_images:
+    if job.is_main and config.task == "instance" and config.instance.tune != "off" and val_images:
         from medseg.workflows.instance import tune_run_thresholds
 
         tune_run_thresholds(run, config, cases, device)
     write_train_summary(run, trainer, device, amp, len(train_images), len(val_images))
     return run
+
+
+def _processes(job, config: Config) -> str:
+    if not job.enabled:
+        return ""
+    batch = config.train.batch_size
+    return (
+        f", {job.world_size} processes (global batch {batch} x {job.world_size} = {batch * job.world_size})"
+    )
 
 
 def resume_trainer(trainer, run: Path, config: Config) -> bool:
@@ -119,22 +156,36 @@ def resume_trainer(trainer, run: Path, config: Config) -> bool:
     last = run / "checkpoints" / "last.pt"
     if not last.is_file():
         raise RunError(f"{run}: --resume but there is no checkpoint at {last}")
+    state = load_checkpoint(last)  # on every rank: each process restores the same state
     try:
-        trainer.load_state_dict(load_checkpoint(last))
+        trainer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160]
         raise RunError(
             f"{last}: does not fit this run's model/optimiser (was model.* changed?): {reason}"
         ) from None
+    saved_world, world = int(state.get("world_size", 1)), trainer.distributed.world_size
+    if saved_world != world and trainer.distributed.is_main:
+        print(
+            f"{run}: resuming with {world} process(es) where {saved_world} trained so far: the global batch "
+            f"and steps per epoch change from here on",
+            file=sys.stderr,
+        )
     if trainer.state.epoch >= config.train.epochs or trainer.state.stopped_early:
         why = "stopped early" if trainer.state.stopped_early else f"trained for {trainer.state.epoch} epochs"
-        print(f"{run}: already {why}; nothing to do (raise train.epochs to continue)", file=sys.stderr)
+        if trainer.distributed.is_main:
+            print(f"{run}: already {why}; nothing to do (raise train.epochs to continue)", file=sys.stderr)
         return False
     return True
 
 
 def write_train_summary(run: Path, trainer, device, amp: str, n_train: int, n_val: int, **extra) -> None:
-    """``RUN/train_summary.json``: best epoch and metric, budget used, time, device, split sizes."""
+    """``RUN/train_summary.json``: best epoch and metric, budget used, time, device, processes, split sizes.
+
+    Written by the main process only (a no-op on the other ranks of a distributed run).
+    """
+    if not trainer.distributed.is_main:
+        return
     state = trainer.state
     summary = {
         "best_epoch": state.best_epoch,
@@ -145,6 +196,7 @@ def write_train_summary(run: Path, trainer, device, amp: str, n_train: int, n_va
         "seconds": round(sum(row["seconds"] for row in state.history), 2),
         "stopped_early": state.stopped_early,
         "device": device.type,
+        "processes": trainer.distributed.world_size,
         "amp": amp,
         "train_cases": n_train,
         "val_cases": n_val,
@@ -179,6 +231,8 @@ def _fill_data_config(config: Config, data: Dataset) -> None:
     config.data.labels = dict(data.labels)
     if data.ignore_label is not None and config.data.ignore_index < 0:
         config.data.ignore_index = data.ignore_label
+    if not config.data.group_by and data.group_by:  # e.g. an importer's "one sequence per group"
+        config.data.group_by = data.group_by
     if data.colors:
         config.data.colors = {k: list(v) for k, v in data.colors.items()}
     ids = sorted(data.labels.values())
@@ -198,7 +252,11 @@ def _fill_instance_config(config: Config, data: Dataset) -> None:
         inst.differential = inst.differential or list(data.differential)
 
 
-def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) -> dict[str, list[str]]:
+def _load_or_make_split(
+    run: Path, data: Dataset, config: Config, resume: bool, *, write: bool = True
+) -> dict[str, list[str]]:
+    """The saved split on resume, else a new one (the same on every rank: it is seeded), written when
+    ``write`` (rank 0)."""
     path = run / "splits.json"
     key = "instances" if config.task == "instance" else "label"
     labelled = [c.name for c in data.cases if getattr(c, key) is not None]
@@ -214,10 +272,11 @@ def _load_or_make_split(run: Path, data: Dataset, config: Config, resume: bool) 
         return splits
     d = config.data
     splits = make_split(labelled, val_fraction=d.val_fraction, seed=d.split_seed, group_by=d.group_by)
-    run.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        path, {**splits, "val_fraction": d.val_fraction, "seed": d.split_seed, "group_by": d.group_by}
-    )
+    if write:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            path, {**splits, "val_fraction": d.val_fraction, "seed": d.split_seed, "group_by": d.group_by}
+        )
     return splits
 
 
@@ -282,6 +341,7 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
     from medseg.data.samples import EpochSampler, PatchDataset
     from medseg.engine import callbacks as cb
     from medseg.engine.device import use_bf16
+    from medseg.engine.distributed import current_context, shard_sampler
     from medseg.engine.trainer import Trainer
     from medseg.losses import DeepWatershedLoss, DiceCELoss
     from medseg.models import build_model
@@ -334,7 +394,8 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         sample_masks=sample_masks,
     )
     samples = config.data.samples_per_epoch or len(cases.train_images)
-    sampler = EpochSampler(len(cases.train_images), samples, t.seed)
+    # under torchrun each rank takes its share of the same global epoch; single process: all of it
+    sampler = shard_sampler(EpochSampler(len(cases.train_images), samples, t.seed))
     workers = max(0, config.data.num_workers)
     loader = torch.utils.data.DataLoader(
         patches,
@@ -342,7 +403,7 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
-        drop_last=samples >= 2 * t.batch_size,
+        drop_last=len(sampler) >= 2 * t.batch_size,
     )
     steps_per_epoch = len(loader)
     total_steps = t.epochs * steps_per_epoch
@@ -389,7 +450,7 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         validate = InstanceValidation(config, cases, loss_fn)
     elif cases.val_images:
         validate = SemanticValidation(config, cases.val_images, cases.val_labels, loss_fn)
-    if cases.val_images and t.snapshots:
+    if cases.val_images and t.snapshots and current_context().is_main:
         from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
 
         i = pick_snapshot_case(cases.val_labels)

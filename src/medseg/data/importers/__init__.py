@@ -12,10 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medseg.data.importers.cellpose import CELLPOSE_LABELS, import_cellpose, load_seg_file
+from medseg.data.importers.coco import coco_string_to_counts, decode_coco_rle, import_coco
+from medseg.data.importers.ctc import CTC_LABELS, import_ctc
 from medseg.data.importers.deepcell import DEEPCELL_LABELS, import_deepcell
+from medseg.data.importers.folders import MASK_SUFFIXES, import_folders
+from medseg.data.importers.imagefolder import import_imagefolder
 from medseg.errors import ConfigError
 
-IMPORTERS: dict[str, Callable[..., Path]] = {"deepcell": import_deepcell}
+IMPORTERS: dict[str, Callable[..., Path]] = {
+    "cellpose": import_cellpose,
+    "coco": import_coco,
+    "ctc": import_ctc,
+    "deepcell": import_deepcell,
+    "folders": import_folders,
+    "imagefolder": import_imagefolder,
+}
 
 
 def import_dataset(
@@ -46,4 +58,20 @@ def import_dataset(
     return importer(src, dst, **options)
 
 
-__all__ = ["DEEPCELL_LABELS", "IMPORTERS", "import_dataset", "import_deepcell"]
+__all__ = [
+    "CELLPOSE_LABELS",
+    "CTC_LABELS",
+    "DEEPCELL_LABELS",
+    "IMPORTERS",
+    "MASK_SUFFIXES",
+    "coco_string_to_counts",
+    "decode_coco_rle",
+    "import_cellpose",
+    "import_coco",
+    "import_ctc",
+    "import_dataset",
+    "import_deepcell",
+    "import_folders",
+    "import_imagefolder",
+    "load_seg_file",
+]

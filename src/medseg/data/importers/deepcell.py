@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
-import shutil
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -22,13 +19,18 @@ from typing import IO
 
 import numpy as np
 
+from medseg.data.importers.common import (
+    check_case_prefix,
+    check_destination,
+    check_instance_ids,
+    safe_case_name,
+    staging,
+)
 from medseg.errors import DataError, MedsegError
 from medseg.io import write_image, write_json_atomic
 
 DEEPCELL_LABELS = {"background": 0, "cell": 1}
 _KEPT_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.uint16))
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_INT32_MAX = np.iinfo(np.int32).max
 
 
 def import_deepcell(
@@ -68,20 +70,20 @@ def import_deepcell(
     """
     src, dst = Path(src_npz), Path(dst)
     prefix = _case_prefix(src, prefix)
-    _check_destination(src, dst, overwrite)
+    check_destination(src, dst, overwrite, kind="source archive")
     with _NpzReader(src) as npz:
         images, labels = npz.array("X"), npz.array("y")
         n, height, width, channels = _check_shapes(src, images.shape, labels.shape, y_channel)
         _check_dtypes(src, images.dtype, labels.dtype)
         names = _channel_names(src, channel_names, channels)
         objects = 0
-        with _staging(dst) as tmp:
+        with staging(dst) as tmp:
             for i, (x, y) in enumerate(zip(images.items(), labels.items())):
                 case = f"{prefix}_{i:0{max(4, len(str(n - 1)))}d}"
                 x = x.reshape(height, width, channels)
                 for c in range(channels):
                     write_image(tmp / "imagesTr" / f"{case}_{c:04d}.tif", _image_plane(src, i, x[..., c]))
-                ids = _instance_ids(src, i, y.reshape(height, width, -1)[..., y_channel])
+                ids = check_instance_ids(y.reshape(height, width, -1)[..., y_channel], f"{src}: y[{i}]")
                 objects += len(np.unique(ids)) - (1 if (ids == 0).any() else 0)
                 write_image(tmp / "labelsTr" / f"{case}.tif", ids)
             source = f"medseg data import deepcell {src} {dst}"
@@ -191,26 +193,11 @@ class _NpzReader(contextlib.AbstractContextManager):
 
 
 def _default_prefix(src: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", src.stem).lstrip("._-")
-    return name or "case"
+    return safe_case_name(src.stem)
 
 
 def _case_prefix(src: Path, prefix: str | None) -> str:
-    if prefix is None:
-        return _default_prefix(src)
-    if not _SAFE_NAME.match(prefix):
-        raise MedsegError(f"case prefix {prefix!r} must be letters, digits, '.', '_' or '-' (no path)")
-    return prefix
-
-
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise DataError(f"{dst}: exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()):
-        if not overwrite:
-            raise DataError(f"{dst}: folder is not empty; choose another destination or pass --overwrite")
-        if src.resolve().is_relative_to(dst.resolve()):
-            raise DataError(f"{dst}: holds the source archive {src.name}; choose another destination")
+    return _default_prefix(src) if prefix is None else check_case_prefix(prefix)
 
 
 def _check_shapes(
@@ -255,40 +242,3 @@ def _image_plane(src: Path, i: int, plane: np.ndarray) -> np.ndarray:
     if plane.dtype in _KEPT_DTYPES:
         return plane
     return plane.astype(np.uint8 if plane.dtype == np.bool_ else np.float32)
-
-
-def _instance_ids(src: Path, i: int, ids: np.ndarray) -> np.ndarray:
-    """``(H, W)`` int32 instance ids after checking they are non-negative whole numbers."""
-    if ids.dtype.kind == "f" and not (np.isfinite(ids).all() and np.all(np.mod(ids, 1) == 0)):
-        raise DataError(f"{src}: y[{i}] holds non-integer values; expected instance ids")
-    if ids.size and ids.min() < 0:
-        raise DataError(f"{src}: y[{i}] holds negative labels (min {ids.min():g}); expected ids >= 0")
-    if ids.size and ids.max() > _INT32_MAX:
-        raise DataError(f"{src}: y[{i}] holds ids above {_INT32_MAX}, too large for int32 labels")
-    return ids.astype(np.int32)
-
-
-@contextlib.contextmanager
-def _staging(dst: Path) -> Iterator[Path]:
-    """A hidden folder beside ``dst``; on success it replaces ``dst``, on error it is removed."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private to the owner
-        if dst.exists():  # empty, or overwrite was asked for: swap, then delete the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                os.replace(old / dst.name, dst)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

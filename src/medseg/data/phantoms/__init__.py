@@ -20,6 +20,7 @@ from medseg.data.phantoms.nuclei import (
     render_nuclei,
     write_nuclei_dataset,
 )
+from medseg.data.phantoms.timelapse import NucleiMovie, nuclei_movie, write_nuclei_movie
 
 __all__ = [
     "BLOOD_COLORS",
@@ -30,15 +31,18 @@ __all__ = [
     "BloodSmear",
     "Microscope",
     "NucleiImage",
+    "NucleiMovie",
     "Nucleus",
     "WbcCrop",
     "blood_smear",
     "nuclei_image",
+    "nuclei_movie",
     "random_microscope",
     "random_nuclei",
     "render_nuclei",
     "wbc_crops",
     "write_blood_dataset",
     "write_nuclei_dataset",
+    "write_nuclei_movie",
     "write_wbc_crops",
 ]

@@ -369,8 +369,11 @@ def _wobble(nucleus: Nucleus, theta: np.ndarray) -> np.ndarray:
 def _footprint(nucleus: Nucleus, size: int, margin: int) -> tuple[tuple[slice, slice], np.ndarray]:
     """Box around the nucleus (clipped to the image) and its approximate signed distance (px, > 0 inside)."""
     reach = nucleus.reach + 1 + margin
-    y0, y1 = max(int(nucleus.row - reach), 0), min(int(nucleus.row + reach) + 2, size)
-    x0, x1 = max(int(nucleus.col - reach), 0), min(int(nucleus.col + reach) + 2, size)
+    # clipped to the image; a nucleus wholly outside it gets an empty box
+    y0 = min(max(int(nucleus.row - reach), 0), size)
+    x0 = min(max(int(nucleus.col - reach), 0), size)
+    y1 = max(min(int(nucleus.row + reach) + 2, size), y0)
+    x1 = max(min(int(nucleus.col + reach) + 2, size), x0)
     along, across = _local(nucleus, np.arange(y0, y1)[:, None], np.arange(x0, x1)[None])
     u, v = along / nucleus.radius_major, across / nucleus.radius_minor
     rel = np.hypot(u, v) / _wobble(nucleus, np.arctan2(v, u))
