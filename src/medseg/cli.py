@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--ignore-index", type=int, help="label value for unannotated pixels, allowed besides classes"
     )
+    c.add_argument(
+        "--group-by",
+        metavar="REGEX",
+        help="regex whose first group is the patient/volume id (see data.group_by)",
+    )
     c.set_defaults(func=_data_check)
     imp = data.add_parser("import", parents=[common], help="convert another dataset layout to the native one")
     formats = imp.add_subparsers(title="formats", metavar="FORMAT", required=True)
@@ -161,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Cell Tracking Challenge: frames with SEG ground truth",
             "folder holding 01/, 01_GT/SEG, ...",
         ),
+        ("msd", "Medical Segmentation Decathlon 3D NIfTI, sliced to 2D", "folder with dataset.json"),
+        ("nnunet", "nnU-Net v2 raw 3D NIfTI (CASE_0000.nii.gz), sliced to 2D", "folder with dataset.json"),
     ):
         f = formats.add_parser(name, parents=[common], help=help_text)
         f.add_argument("src", help=src_help)
@@ -183,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importers["coco"].add_argument("--images", help="folder the JSON's file_name paths are relative to")
     importers["ctc"].add_argument("--sequences", help="sequences to import, e.g. 01,02 (default: all)")
+    for name in ("msd", "nnunet"):
+        nifti = importers[name]
+        nifti.add_argument("--axis", choices=("z", "y", "x"), default="z", help="voxel axis to slice along")
+        nifti.add_argument(
+            "--context", type=int, default=0, help="K neighbouring slices each side as extra channels (2.5D)"
+        )
+        nifti.add_argument(
+            "--window", help="CT: clip to LOW,HIGH, scale to 0..1; write --window=-160,240 if LOW < 0"
+        )
+        nifti.add_argument("--percentile", help="MR: map LOW,HIGH percentiles of each volume to 0..1")
+        nifti.add_argument(
+            "--keep-empty", type=float, default=0.1, help="fraction of slices without foreground to keep"
+        )
+        nifti.add_argument("--seed", type=int, default=0, help="seed of the empty-slice choice")
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset")
     p.add_argument("dataset", nargs="?", help="dataset folder (optional with --resume)")
@@ -450,6 +471,7 @@ def _data_import_deepcell(args: argparse.Namespace) -> int:
 
 
 _IMPORT_OPTIONS = ("palette", "labels", "images", "group_by", "sequences", "overwrite")
+_IMPORT_OPTIONS += ("axis", "context", "window", "percentile", "keep_empty", "seed")  # msd / nnunet
 
 
 def _data_import(args: argparse.Namespace) -> int:
@@ -502,7 +524,12 @@ def _data_check(args: argparse.Namespace) -> int:
         return _data_check_classification(args)
     from medseg.data.dataset import check_dataset
 
-    report = check_dataset(args.dataset, classes=_split_classes(args.classes), ignore_index=args.ignore_index)
+    report = check_dataset(
+        args.dataset,
+        classes=_split_classes(args.classes),
+        ignore_index=args.ignore_index,
+        group_by=getattr(args, "group_by", None),
+    )
     s = report.summary
     if s:
         print(f"dataset   {s['dataset']} ({s['layout']} layout)")
@@ -514,6 +541,17 @@ def _data_check(args: argparse.Namespace) -> int:
             objects = s["objects"]
             typed = ", ".join(f"{k} {v}" for k, v in objects.items() if k)
             print(f"objects   {sum(objects.values())} instances{': ' + typed if typed else ''}")
+        if "group_by" in s:
+            print(f"groups    {s['groups']} by group_by '{s['group_by']}'")
+        if "suggested_group_by" in s:  # a warning, not a problem: the exit code stays
+            g = s["suggested_group_by"]
+            print(
+                f"warning: case names suggest several images per patient ('{g['pattern']}' forms "
+                f"{g['groups']} groups of {g['cases']} cases) but no group_by is set, so a random split can "
+                "put one patient in train and val; add group_by to dataset.json's medseg section or train "
+                f"with --set 'data.group_by={g['pattern']}'",
+                file=sys.stderr,
+            )
     return _check_verdict(report)
 
 

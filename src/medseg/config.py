@@ -37,6 +37,9 @@ class DataConfig:
     val_fraction: float = 0.2
     group_by: str = ""  # regex on the case name; cases sharing the match (or its first group) stay together
     split_seed: int = 0
+    split: str = "auto"  # auto (group when group_by is set, else random) | random | group | kfold
+    folds: int = 5  # kfold: number of folds; whole groups go to one fold
+    fold: int = 0  # kfold: the validation fold, 0..folds-1
     ignore_index: int = -1  # label value excluded from loss and metrics (-1: none)
     num_workers: int = 1
     samples_per_epoch: int = 0  # training crops per epoch; 0 = one per training case
@@ -179,6 +182,7 @@ class Config:
         _check_classify(self)
         choices = {
             "data.normalization": (self.data.normalization, ("percentile", "zscore", "none")),
+            "data.split": (self.data.split, ("auto", "random", "group", "kfold")),
             "train.optimizer": (self.train.optimizer, ("adam", "adamw")),
             "train.schedule": (self.train.schedule, ("cosine", "plateau", "none")),
             "train.amp": (self.train.amp, ("auto", "bf16", "off")),
@@ -202,6 +206,11 @@ class Config:
             raise ConfigError(f"data.ignore_index: {self.data.ignore_index} is the id of a class")
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
+        if self.data.folds < 2 or not 0 <= self.data.fold < self.data.folds:
+            raise ConfigError(
+                f"data.folds/fold: need folds >= 2 and 0 <= fold < folds, got folds {self.data.folds}, "
+                f"fold {self.data.fold}"
+            )
         if self.train.epochs < 1 or self.train.batch_size < 1 or self.train.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
         inference = self.inference

@@ -252,6 +252,31 @@ def test_division_needs_the_area_cue() -> None:
     assert all(parent == 0 for parent in tracks.table[:, 3])
 
 
+def test_a_merged_pair_that_parts_is_no_division() -> None:
+    # Two cells side by side; the segmentation merges them into one object in frame 5 (the "mother"
+    # suddenly doubles in area), and they part in frame 6. The area cues alone would call it a division.
+    top = {t: (24, 30 + t, 7) for t in range(10) if t != 5}
+    bottom = {t: (39, 30 + t, 7) for t in range(10) if t != 5}
+    merged = {5: (31.5, 35, 11)}
+    movie = draw(10, [top, bottom, merged])
+    tracks = track_labels(movie)
+    check_ctc(tracks)
+    assert tracks.divisions == {}
+    assert track_labels(movie, TrackingParams(max_mother_growth=100.0)).divisions != {}
+
+
+def test_a_division_needs_daughters_that_last() -> None:
+    mother = {t: (32, 40 + t, 10) for t in range(5)}
+    left = {t: (32 - 8 - (t - 5), 44, 7) for t in range(5, 10)}
+    right = {t: (32 + 8, 44, 7) for t in range(5, 6)}  # gone after one frame, long before the end
+    movie = draw(10, [mother, left, right])
+    assert track_labels(movie).divisions == {}
+    assert len(track_labels(movie, TrackingParams(min_daughter_frames=1)).divisions) == 1
+    # a division in the last frames cannot show daughters that last: it is kept
+    late = draw(7, [mother, left, {t: (32 + 8 + (t - 5), 44, 7) for t in range(5, 7)}])
+    assert len(track_labels(late).divisions) == 1
+
+
 def gap_movie(missing: range) -> np.ndarray:
     path = {t: (30, 10 + 3 * t, 5) for t in range(10) if t not in missing}
     other = {t: (10, 80 - 2 * t, 4) for t in range(10)}

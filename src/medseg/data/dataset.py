@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.splits import group_of, suggest_group_by
 from medseg.errors import DataError
 from medseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image, read_label
 
@@ -286,22 +287,30 @@ class CheckReport:
 
 
 def check_dataset(
-    path: str | Path, *, classes: Sequence[str] | None = None, ignore_index: int | None = None
+    path: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    group_by: str | None = None,
 ) -> CheckReport:
     """Validate a dataset, listing every problem at once rather than stopping at the first.
 
     Checks: dataset readable and not empty, every image has a label and every label an image, every
     file decodes, image channels agree with each other (and with dataset.json), label sizes match
-    image sizes, label values are declared classes.
+    image sizes, label values are declared classes, ``group_by`` is a valid regex.
 
     Args:
         path: the dataset folder.
         classes: class names for an images/ + masks/ dataset.
         ignore_index: a label value allowed besides the classes (default: dataset.json's "ignore").
+        group_by: the regex that keeps related cases together in splits (default: dataset.json's
+            ``medseg.group_by``).
 
     Returns:
         A report with ``problems`` (one line each, naming the file) and ``summary`` (cases, channels,
-        sizes, class pixel fractions).
+        sizes, class pixel fractions; ``group_by`` and ``groups`` when grouping is set, else
+        ``suggested_group_by`` ``{"pattern", "groups", "cases"}`` when case names look like several
+        images per patient or volume, see :func:`medseg.data.splits.suggest_group_by`).
     """
     try:
         dataset = open_dataset(path, classes=classes)
@@ -378,7 +387,29 @@ def check_dataset(
     if objects:
         summary["task"] = dataset.task
         summary["objects"] = dict(sorted(objects.items()))
+    problems += _grouping(dataset, dataset.group_by if group_by is None else group_by, summary)
     return CheckReport(problems, summary)
+
+
+def _grouping(dataset: Dataset, group_by: str, summary: dict) -> list[str]:
+    """Record the grouping (or a suggested one) in ``summary``; a problem when the regex is invalid."""
+    names = [case.name for case in dataset.cases]
+    if group_by:
+        try:
+            re.compile(group_by)
+        except re.error as exc:
+            return [f"{dataset.root}: group_by {group_by!r} is not a valid regex ({exc})"]
+        summary["group_by"] = group_by
+        summary["groups"] = len({group_of(name, group_by) for name in names})
+        return []
+    suggestion = suggest_group_by(names)
+    if suggestion is not None:
+        summary["suggested_group_by"] = {
+            "pattern": suggestion.pattern,
+            "groups": suggestion.groups,
+            "cases": suggestion.cases,
+        }
+    return []
 
 
 def _instance_problems(case: Case, dataset: Dataset, objects: Counter[str]) -> list[str]:

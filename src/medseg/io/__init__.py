@@ -27,11 +27,13 @@ from medseg.io.images import (
     read_label,
     write_image,
 )
+from medseg.io.nifti import NiftiVolume, read_nifti, read_nifti_label, write_nifti
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
     "CtcGroundTruth",
+    "NiftiVolume",
     "atomic_path",
     "check_tracks",
     "is_image_file",
@@ -41,6 +43,8 @@ __all__ = [
     "read_image",
     "read_label",
     "read_label_frames",
+    "read_nifti",
+    "read_nifti_label",
     "read_track_table",
     "write_bytes_atomic",
     "write_csv_atomic",
@@ -48,6 +52,7 @@ __all__ = [
     "write_frames",
     "write_image",
     "write_json_atomic",
+    "write_nifti",
     "write_text_atomic",
     "write_track_table",
 ]

@@ -37,6 +37,7 @@ import numpy as np
 
 from medseg.config import Config
 from medseg.data.classification import ClassificationDataset, open_classification_dataset
+from medseg.data.splits import group_of, split_cases
 from medseg.errors import ConfigError, DataError, RunError
 from medseg.io import read_image, write_csv_atomic, write_json_atomic
 from medseg.transforms import AugmentConfig, augment, center_crop_or_pad, normalize
@@ -515,14 +516,25 @@ def _load_or_make_split(
             raise DataError(f"{data.source}: images of the saved split are missing: {', '.join(missing[:5])}")
         return splits
     d = config.data
-    parts = data.split(val_fraction=d.val_fraction, seed=d.split_seed, group_by=d.group_by)
-    splits = {part: [names[i] for i in parts[part]] for part in ("train", "val")}
+    # groups as ClassificationDataset.split forms them: group_by on the file stem, else the item's group
+    groups = {
+        name: group_of(item.path.stem, d.group_by) if d.group_by else item.group
+        for name, item in zip(names, data.items)
+    }
+    splits = split_cases(
+        names,
+        kind=d.split,
+        val_fraction=d.val_fraction,
+        seed=d.split_seed,
+        folds=d.folds,
+        fold=d.fold,
+        groups=groups,
+    )
+    splits["group_by"] = d.group_by
     if not splits["train"]:
         raise DataError(f"{data.source}: no images left for training after the validation split")
     run.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        path, {**splits, "val_fraction": d.val_fraction, "seed": d.split_seed, "group_by": d.group_by}
-    )
+    write_json_atomic(path, splits)
     return splits
 
 

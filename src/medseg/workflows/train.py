@@ -19,7 +19,7 @@ import numpy as np
 
 from medseg.config import Config, from_dict, read_yaml, save_config
 from medseg.data.dataset import Dataset, load_image, load_label, open_dataset
-from medseg.data.splits import make_split
+from medseg.data.splits import split_cases
 from medseg.errors import ConfigError, DataError, RunError
 from medseg.io import write_json_atomic
 from medseg.transforms import normalize
@@ -255,8 +255,8 @@ def _fill_instance_config(config: Config, data: Dataset) -> None:
 def _load_or_make_split(
     run: Path, data: Dataset, config: Config, resume: bool, *, write: bool = True
 ) -> dict[str, list[str]]:
-    """The saved split on resume, else a new one (the same on every rank: it is seeded), written when
-    ``write`` (rank 0)."""
+    """The saved split on resume, else a new one as ``data.split`` asks (the same on every rank: it is
+    seeded), written when ``write`` (rank 0); ``medseg evaluate`` scores the saved ``val`` cases."""
     path = run / "splits.json"
     key = "instances" if config.task == "instance" else "label"
     labelled = [c.name for c in data.cases if getattr(c, key) is not None]
@@ -271,12 +271,18 @@ def _load_or_make_split(
             raise DataError(f"{data.root}: cases of the saved split are missing: {', '.join(missing[:5])}")
         return splits
     d = config.data
-    splits = make_split(labelled, val_fraction=d.val_fraction, seed=d.split_seed, group_by=d.group_by)
+    splits = split_cases(
+        labelled,
+        kind=d.split,
+        val_fraction=d.val_fraction,
+        seed=d.split_seed,
+        group_by=d.group_by,
+        folds=d.folds,
+        fold=d.fold,
+    )
     if write:
         run.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            path, {**splits, "val_fraction": d.val_fraction, "seed": d.split_seed, "group_by": d.group_by}
-        )
+        write_json_atomic(path, splits)
     return splits
 
 

@@ -18,6 +18,7 @@ from medseg.data.importers.ctc import CTC_LABELS, import_ctc
 from medseg.data.importers.deepcell import DEEPCELL_LABELS, import_deepcell
 from medseg.data.importers.folders import MASK_SUFFIXES, import_folders
 from medseg.data.importers.imagefolder import import_imagefolder
+from medseg.data.importers.msd import import_msd, stack_slices
 from medseg.errors import ConfigError
 
 IMPORTERS: dict[str, Callable[..., Path]] = {
@@ -27,6 +28,8 @@ IMPORTERS: dict[str, Callable[..., Path]] = {
     "deepcell": import_deepcell,
     "folders": import_folders,
     "imagefolder": import_imagefolder,
+    "msd": import_msd,
+    "nnunet": import_msd,  # one reader for both: dataset.json tells the layouts apart
 }
 
 
@@ -73,5 +76,7 @@ __all__ = [
     "import_deepcell",
     "import_folders",
     "import_imagefolder",
+    "import_msd",
     "load_seg_file",
+    "stack_slices",
 ]
