@@ -10,16 +10,23 @@
 2. The whole Predictor (normalise, pad, network, softmax, argmax) on a 512² uint8 image: fp32 torch (the
    baseline), medseg's default (``Predictor.from_run(RUN)``: torch, bf16 autocast where the CPU has bf16)
    and ``backend="onnxruntime"``.
-3. Large images (unet, default path, tiles of 512 with 25% overlap), each size in a fresh process:
-   1024², 2048², 4096², 8192²: seconds, seconds per megapixel and peak RSS (VmHWM from /proc/self/status,
-   which is what ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` reports on Linux, both recorded).
+3. Large images (unet, 4 classes, tiles of 512 with 25% overlap), each size in a fresh process:
+   1024², 2048², 4096², 8192²: seconds, seconds per megapixel and peak RSS (VmHWM from /proc/self/status;
+   ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is recorded beside it, but Linux carries the parent's
+   high-water mark across exec into it, so VmHWM is the number). ``Predictor.predict`` (the default path:
+   each tile normalised as it is cut, class ids finalised band by band, no (K, H, W) map kept above 4096²)
+   and, for ``--before-sizes`` (8192² by default), the whole-image path it replaced (the image normalised
+   into one float32 copy, the whole (K, H, W) blend, then argmax), measured in the same run.
 
 The machine's 1-minute load average before and after is recorded: on a shared machine other processes
 slow every row, which is why each row is the best of ``--repeats`` calls (the median is kept beside it).
 Models are untrained (random weights, saved as a real run folder): speed does not depend on the weights.
 
 Run: .venv/bin/python benchmarks/inference.py [--repeats 7] [--sizes 1024 2048 4096 8192]
+       [--before-sizes 8192] [--large-only]
 Prints tables and writes benchmarks/results/inference.json. Every baseline is measured in the same run.
+``--large-only`` measures part 3 only and replaces just its entry in the JSON (the other parts keep the
+values and timestamp of the run that measured them).
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from medseg.config import load_config, save_config
 from medseg.engine.checkpoint import save_checkpoint
 from medseg.engine.device import cpu_supports_bf16
 from medseg.inference.onnx import OnnxRuntimeBackend
-from medseg.inference.predictor import Predictor
-from medseg.inference.sliding_window import tile_starts
+from medseg.inference.predictor import Predictor, class_ids
+from medseg.inference.sliding_window import sliding_window, tile_starts
 from medseg.io import write_json_atomic
 from medseg.models import build_model
 from medseg.workflows.export import export_run
@@ -163,25 +170,49 @@ def pipeline_variants(run: Path, repeats: int) -> dict[str, dict]:
     return interleaved(calls, repeats)
 
 
-def child_predict(run: str, size: int) -> None:
-    """Entry of the large-image subprocess: one ``size``² image through the default Predictor."""
+def child_predict(run: str, size: int, path: str) -> None:
+    """Entry of the large-image subprocess: one ``size``² image through the default Predictor
+    (``path="default"``) or through the whole-image path it replaced (``"whole-image"``)."""
     image = np.random.default_rng(2).integers(0, 256, (size, size, 3), dtype=np.uint8)
     predictor = Predictor.from_run(run)
     start = time.perf_counter()
-    result = predictor.predict(image)
+    labels = predictor.predict(image).labels if path == "default" else whole_image_predict(predictor, image)
     seconds = time.perf_counter() - start
-    assert result.labels.shape == (size, size)
+    assert labels.shape == (size, size)
     status = Path("/proc/self/status").read_text()
     vmhwm_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "vmhwm_mib": vmhwm_kb / 1024, "maxrss_mib": maxrss_kb / 1024}))
 
 
-def large_images(run: Path, sizes: list[int]) -> dict[str, dict]:
+def whole_image_predict(predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """Tiled prediction as medseg did it before bounded memory: a float32 copy of the whole normalised
+    image, the whole ``(K, H, W)`` blend, then the class ids (same tiles, batches and network calls)."""
+    settings = predictor.config.inference
+    tile = predictor.tile_size()
+
+    def predict_tiles(batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predictor.logits(batch), dim=1)
+
+    normalised = predictor.preprocess(image)
+    height, width = normalised.shape[-2:]
+    shape = (min(tile, predictor.tile_size(height)), min(tile, predictor.tile_size(width)))
+    maps = sliding_window(
+        normalised,
+        predict_tiles,
+        shape,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+        softmax=False,
+    )
+    return class_ids(maps)
+
+
+def large_images(run: Path, sizes: list[int], path: str = "default") -> dict[str, dict]:
     rows = {}
     for size in sizes:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", str(run), str(size)],
+            [sys.executable, __file__, "--child", str(run), str(size), path],
             capture_output=True,
             text=True,
             check=True,
@@ -192,7 +223,7 @@ def large_images(run: Path, sizes: list[int]) -> dict[str, dict]:
         row["seconds_per_tile"] = row["seconds"] / row["tiles"]
         rows[f"{size}x{size}"] = row
         print(
-            f"  {size:>5}²  {row['seconds']:7.1f} s  {row['seconds_per_megapixel']:.3f} s/MP  "
+            f"  {path:<11} {size:>5}²  {row['seconds']:7.1f} s  {row['seconds_per_megapixel']:.3f} s/MP  "
             f"{row['tiles']:>4} tiles  {row['seconds_per_tile']:.3f} s/tile  "
             f"peak RSS {row['vmhwm_mib']:.0f} MiB",
             flush=True,
@@ -204,10 +235,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per variant (best of)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--child", nargs=2, metavar=("RUN", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--before-sizes", type=int, nargs="*", default=[8192], help="sizes also run through the old path"
+    )
+    parser.add_argument("--large-only", action="store_true", help="measure only the large images")
+    parser.add_argument("--child", nargs=3, metavar=("RUN", "SIZE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_predict(args.child[0], int(args.child[1]))
+        child_predict(args.child[0], int(args.child[1]), args.child[2])
+        return
+    if args.large_only:
+        large_only(args.sizes, args.before_sizes)
         return
 
     started = time.perf_counter()
@@ -243,8 +281,7 @@ def main() -> None:
                 row["speedup_vs_fp32"] = pipe_base / row["seconds"]
             results[name] = {"gflops": flops / 1e9, "network": network, "predict": pipeline}
             _print_model(name, flops, network, pipeline)
-        print("\nlarge images: unet, medseg default path, tiles 512, overlap 0.25 (fresh process each)")
-        large = large_images(runs["unet"], args.sizes)
+        large = large_images_section(runs["unet"], args.sizes, args.before_sizes)
     result = {
         "benchmark": "inference",
         "size": SIZE,
@@ -259,13 +296,42 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "peak_matmul_gflops": peaks,
         "models": results,
-        "large_images": {"model": "unet", "tile": 512, "overlap": 0.25, "rss": "VmHWM", "sizes": large},
+        "large_images": large,
         "benchmark_seconds": time.perf_counter() - started,
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
     }
     out = Path(__file__).parent / "results" / "inference.json"
     write_json_atomic(out, result)
     print(f"\n{time.perf_counter() - started:.0f} s in all; written to {out}")
+
+
+def large_images_section(run: Path, sizes: list[int], before_sizes: list[int]) -> dict:
+    """Part 3: the default path at ``sizes`` and the replaced whole-image path at ``before_sizes``."""
+    print("\nlarge images: unet, 4 classes, tiles 512, overlap 0.25 (fresh process each)")
+    section = {
+        "model": "unet",
+        "tile": 512,
+        "overlap": 0.25,
+        "rss": "VmHWM",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_1min_before": os.getloadavg()[0],
+        "sizes": large_images(run, sizes),
+        "whole_image_path_before": large_images(run, before_sizes, "whole-image"),
+    }
+    section["load_average_1min_after"] = os.getloadavg()[0]
+    return section
+
+
+def large_only(sizes: list[int], before_sizes: list[int]) -> None:
+    """``--large-only``: measure part 3 and replace only its entry in the results JSON."""
+    out = Path(__file__).parent / "results" / "inference.json"
+    result = json.loads(out.read_text()) if out.is_file() else {"benchmark": "inference"}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["large_images"] = large_images_section(
+            make_run(Path(tmp) / "unet", "unet"), sizes, before_sizes
+        )
+    write_json_atomic(out, result)
+    print(f"written to {out} (large_images only)")
 
 
 def _print_model(name: str, flops: int, network: dict, pipeline: dict) -> None:

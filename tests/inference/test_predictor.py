@@ -209,3 +209,111 @@ def test_tuned_typing_is_read_from_thresholds_json(tmp_path: Path):
         path.write_text(bad)
         with pytest.raises(RunError, match="thresholds.json: unreadable"):
             typing_params(tmp_path)
+
+
+def whole_image_path(predictor: Predictor, image: np.ndarray, tile: int) -> np.ndarray:
+    """The tiled prediction as it was first written: the whole image normalised into one float array,
+    the whole (K, H, W) blend kept."""
+    from medseg.inference.sliding_window import sliding_window
+
+    def predict_tiles(batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predictor.logits(batch), dim=1)
+
+    settings = predictor.config.inference
+    normalised = predictor.preprocess(image)
+    return sliding_window(
+        normalised,
+        predict_tiles,
+        tile,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+        softmax=False,
+    )
+
+
+@pytest.mark.parametrize(("normalization", "dtype"), [("percentile", np.uint8), ("zscore", np.uint16)])
+def test_banded_prediction_equals_the_whole_image_path(trained_run: Path, normalization: str, dtype):
+    overrides = ("inference.tile=96", "inference.batch_size=16", f"data.normalization={normalization}")
+    predictor, counter = counting_predictor(trained_run, *overrides)
+    high = np.iinfo(dtype).max
+    image = np.random.default_rng(6).integers(0, high, (300, 500, 3)).astype(dtype)
+    expected = whole_image_path(predictor, image, 96)
+    counter.shapes.clear()
+    banded = predictor.predict(image, probabilities=False)
+    assert banded.probabilities is None
+    assert banded.labels.dtype == np.int32
+    assert sum(shape[0] for shape in counter.shapes) == 4 * 7  # tiled: 4 rows x 7 columns of tiles
+    np.testing.assert_array_equal(banded.labels, expected.argmax(0))
+    kept = predictor.predict(image, probabilities=True)
+    np.testing.assert_allclose(kept.probabilities, expected, atol=1e-5)
+    np.testing.assert_array_equal(kept.labels, banded.labels)
+
+
+def test_probabilities_are_kept_by_default_only_for_images_up_to_the_limit(trained_run: Path, monkeypatch):
+    from medseg.inference import predictor as module
+
+    predictor, _ = counting_predictor(trained_run, "inference.tile=32")
+    monkeypatch.setattr(module, "FULL_PROBABILITIES_MAX_PIXELS", 40 * 40)
+    small, large = (np.zeros(shape, np.uint8) for shape in ((40, 40, 3), (40, 41, 3)))
+    assert predictor.predict(small).probabilities.shape == (4, 40, 40)
+    assert predictor.predict(large).probabilities is None
+    assert predictor.predict(large, probabilities=True).probabilities.shape == (4, 40, 41)
+    assert predictor.predict(large, tile=0).probabilities is None  # untiled: predicted whole, then dropped
+
+
+def test_banded_prediction_memory_does_not_grow_with_the_image(trained_run: Path):
+    # tall images in 64-pixel tiles: the whole-image path holds a (3, H, W) float copy and the (4, H, W)
+    # blend (7 x 4 bytes per pixel); the banded path the (H, W) int32 class ids (4 bytes per pixel) and a
+    # fixed amount for a tile batch and a tile's rows of sums
+    import tracemalloc
+
+    predictor, _ = counting_predictor(trained_run, "inference.tile=64")
+
+    def peak(call, height: int) -> int:
+        image = np.random.default_rng(7).integers(0, 255, (height, 64, 3), dtype=np.uint8)
+        tracemalloc.start()
+        call(image)
+        result = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return result
+
+    def banded(image):
+        return predictor.predict(image, probabilities=False)
+
+    extra_pixels = 1024 * 64
+    whole_growth = peak(lambda image: whole_image_path(predictor, image, 64), 2048) - peak(
+        lambda image: whole_image_path(predictor, image, 64), 1024
+    )
+    assert whole_growth > 7 * 4 * extra_pixels  # the measurement sees the whole-image buffers
+    assert peak(banded, 2048) - peak(banded, 1024) < 1.5 * 4 * extra_pixels
+
+
+def test_lazy_normalisation_equals_normalize():
+    from medseg.transforms.normalize import NormalizedImage, normalize, normalize_lazily
+
+    rng = np.random.default_rng(8)
+    cases = [(np.uint8, (37, 53, 3)), (np.uint16, (40, 31)), (np.int16, (20, 30, 2)), (np.bool_, (16, 17, 3))]
+    for dtype, shape in cases:
+        info = np.iinfo(dtype) if dtype is not np.bool_ else np.iinfo(np.uint8)
+        raw = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        raw.flat[:5] = info.max if dtype is not np.bool_ else True  # a few hot pixels move the percentiles
+        for mode in ("percentile", "zscore", "none"):
+            expected = normalize(raw, mode, low=1.0, high=98.0)
+            lazy = normalize_lazily(raw, mode, low=1.0, high=98.0)
+            assert isinstance(lazy, NormalizedImage) and lazy.shape == expected.shape
+            whole = np.asarray(lazy)
+            assert whole.dtype == np.float32
+            if mode == "zscore":  # mean and std summed in another order: float32 rounding
+                np.testing.assert_allclose(whole, expected, rtol=1e-6, atol=1e-6)
+            else:  # exact percentiles from the histogram: identical values
+                np.testing.assert_array_equal(whole, expected)
+            np.testing.assert_array_equal(lazy[:, 3:11, 2:9], whole[:, 3:11, 2:9])
+            np.testing.assert_array_equal(lazy[1:, 5:], whole[1:, 5:])
+    constant = normalize_lazily(np.full((8, 8), 7, np.uint16))
+    np.testing.assert_array_equal(np.asarray(constant), 0.0)
+    floats = rng.random((9, 9, 3)).astype(np.float32)  # statistics of floats need the floats: whole
+    np.testing.assert_array_equal(normalize_lazily(floats, "zscore"), normalize(floats, "zscore"))
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalize_lazily(raw, "minmax")
+    with pytest.raises(ValueError, match="percentiles must satisfy"):
+        normalize_lazily(raw, low=50, high=10)

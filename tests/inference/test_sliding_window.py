@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.inference.sliding_window import importance_map, sliding_window, tile_starts, with_flip_tta
+from medseg.inference.sliding_window import (
+    importance_map,
+    sliding_window,
+    sliding_window_bands,
+    tile_starts,
+    with_flip_tta,
+)
+from medseg.transforms.normalize import normalize, normalize_lazily
 
 
 class Recorder:
@@ -191,3 +198,57 @@ def test_tta_composes_with_tiling():
     probs = sliding_window(image, with_flip_tta(model), 64, softmax=False)
     np.testing.assert_allclose(probs, whole_image(model, image), atol=2e-6)
     assert math.isclose(float(probs.sum(0).mean()), 1.0, rel_tol=1e-5)
+
+
+def whole_output_reference(
+    image: np.ndarray, module: torch.nn.Module, tile: int, overlap: float
+) -> np.ndarray:
+    """Blending as first written: (K, H, W) sums and an (H, W) weight map for the whole image."""
+    _, height, width = image.shape
+    weights = importance_map((tile, tile))
+    sums, total = None, np.zeros((height, width), np.float64)
+    for y in tile_starts(height, tile, overlap):
+        for x in tile_starts(width, tile, overlap):
+            crop = image[:, y : y + tile, x : x + tile]
+            h, w = crop.shape[1:]
+            padded = np.pad(crop, ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect")
+            with torch.inference_mode():
+                probs = torch.softmax(module(torch.from_numpy(padded)[None]), dim=1)[0].numpy()
+            sums = np.zeros((probs.shape[0], height, width)) if sums is None else sums
+            sums[:, y : y + h, x : x + w] += probs[:, :h, :w] * weights[:h, :w]
+            total[y : y + h, x : x + w] += weights[:h, :w]
+    return (sums / total).astype(np.float32)
+
+
+@pytest.mark.parametrize(("height", "width", "tile"), [(200, 260, 64), (129, 70, 64), (40, 90, 64)])
+def test_bands_are_final_rows_in_order_and_match_whole_image_blending(height: int, width: int, tile: int):
+    image = random_image((3, height, width), seed=7)
+    model = Recorder(conv(5, seed=8))
+    bands = list(sliding_window_bands(image, model, tile, overlap=0.25, batch_size=3))
+    tops = [top for top, _ in bands]
+    starts = tile_starts(height, tile, 0.25)
+    assert tops == starts  # one band per row of tiles, each ending where the next row of tiles begins
+    assert all(band.shape[1] <= tile for _, band in bands)  # never more than a tile's rows held
+    stacked = np.concatenate([band for _, band in bands], axis=1)
+    assert stacked.shape == (4, height, width) and stacked.dtype == np.float32
+    np.testing.assert_array_equal(stacked, sliding_window(image, model.module, tile, batch_size=3))
+    np.testing.assert_allclose(stacked, whole_output_reference(image, model.module, tile, 0.25), atol=1e-5)
+
+
+def test_bands_stream_before_the_last_tile_is_predicted():
+    # the first rows must come out while most tiles are still to be predicted: that is what bounds memory
+    image = random_image((3, 400, 64), seed=9)
+    model = Recorder(conv(1))
+    bands = sliding_window_bands(image, model, 64, overlap=0.25, batch_size=1)
+    top, band = next(bands)
+    assert top == 0 and band.shape == (4, 48, 64)
+    assert len(model.shapes) == 2  # the first two rows of tiles; 8 rows in all
+    assert len(tile_starts(400, 64, 0.25)) == 8
+    assert sum(b.shape[1] for _, b in bands) == 400 - 48
+
+
+def test_lazily_normalised_image_gives_the_same_blend():
+    raw = np.random.default_rng(10).integers(0, 65536, (150, 170, 3)).astype(np.uint16)
+    model = conv(3, seed=11)
+    lazy = sliding_window(normalize_lazily(raw), model, 64, overlap=0.25)
+    np.testing.assert_array_equal(lazy, sliding_window(normalize(raw), model, 64, overlap=0.25))

@@ -111,3 +111,38 @@ def test_tracking_with_an_instance_run_segments_every_frame(movie: Path, tmp_pat
     assert summary["frames"] == 12 and summary["segmentation"] == {"run": str(run)}
     assert 0.0 <= summary["metrics"]["tra"] <= 1.0  # one epoch: a poor but valid, scored result
     assert read_label_frames(tmp_path / "res", "mask").shape == (12, 96, 96)
+
+
+def test_scores_on_the_phantom_equal_py_ctcmetrics(movie: Path, tmp_path: Path):
+    """A degraded segmentation of the phantom movie, tracked, scored by us and by py-ctcmetrics."""
+    import contextlib
+    import io
+    import warnings
+
+    evaluate_sequence = pytest.importorskip("ctc_metrics.scripts.evaluate").evaluate_sequence
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    truth = read_label_frames(movie / "01_GT" / "SEG", "man_seg")
+    degraded = np.zeros_like(truth)
+    for t, frame in enumerate(truth):
+        for label in np.unique(frame)[1:]:
+            if rng.random() < 0.06:  # missed
+                continue
+            mask = frame == label
+            if rng.random() < 0.3:  # a rougher outline
+                mask = ndimage.binary_erosion(mask)
+            degraded[t][mask] = rng.integers(1, 60000)
+    masks = tmp_path / "seg.tif"
+    tifffile.imwrite(masks, degraded.astype(np.uint16))
+    out = tmp_path / "res"
+    assert run_cli("track", "--masks", masks, "--out", out, "--gt", movie / "01_GT") == 0
+    ours = json.loads((out / "metrics.json").read_text())
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        ref = evaluate_sequence(
+            str(out), str(movie / "01_GT"), metrics=["Valid", "DET", "SEG", "TRA"], threads=1
+        )
+    assert ref["Valid"] == 1 and 0.5 < ours["tra"] < 1.0
+    for key in ("det", "seg", "tra"):
+        assert ours[key] == pytest.approx(ref[key.upper()], abs=1e-6), key

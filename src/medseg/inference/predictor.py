@@ -4,6 +4,9 @@
 (or ``last.pt``); the run folder needs nothing else. Images larger than ``inference.tile`` are predicted
 in overlapping tiles blended with a gaussian (:mod:`medseg.inference.sliding_window`); ``inference.tta``
 averages over flips and rotations. Both can be changed per call of :meth:`Predictor.predict`.
+Tiled prediction normalises each tile as it is cut and, for semantic runs, reduces the blended probabilities
+to class ids band by band, so its memory grows with the tile batch and the image width, not the image area
+(see :meth:`Predictor.predict`).
 ``backend="onnxruntime"`` runs the run's ONNX export (``medseg export RUN``) instead of the torch module.
 """
 
@@ -21,11 +24,15 @@ from medseg.config import Config, apply_overrides, from_dict, read_yaml
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.engine.device import autocast, pick_device, use_bf16
 from medseg.errors import ConfigError, DataError, RunError
-from medseg.inference.sliding_window import sliding_window, with_flip_tta
+from medseg.inference.sliding_window import TilePredictor, sliding_window, sliding_window_bands, with_flip_tta
 from medseg.models.heads import HeadLayout
 from medseg.transforms import normalize
+from medseg.transforms.normalize import NormalizedImage, normalize_lazily
 
 BACKENDS = ("torch", "onnxruntime")
+# semantic predictions keep their (K, H, W) probabilities up to this many pixels unless asked (4096², i.e.
+# 256 MiB for 4 classes); larger tiled images return class ids only, computed band by band
+FULL_PROBABILITIES_MAX_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -35,13 +42,14 @@ class Prediction:
     Attributes:
         labels: ``(H, W)`` int32 class ids (semantic) or instance ids (instance task, 0 = background).
         probabilities: ``(K, H, W)`` float32 softmax probabilities (semantic) or the activated head maps
-            (instance: see :class:`~medseg.models.heads.HeadLayout`).
+            (instance: see :class:`~medseg.models.heads.HeadLayout`); None for a semantic prediction made
+            without them (see :meth:`Predictor.predict`'s ``probabilities``).
         types: instance task with typed instances: instance id -> type name; otherwise empty.
         type_probabilities: instance id -> ``(K,)`` mean type probabilities over its pixels.
     """
 
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     types: dict[int, str] = field(default_factory=dict)
     type_probabilities: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -144,6 +152,18 @@ class Predictor:
     def preprocess(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """Raw ``(H, W)`` or ``(H, W, C)`` image -> normalised ``(C, H, W)`` float32, checking channels."""
         data = self.config.data
+        image = self._fit_channels(image, source)
+        return normalize(image, data.normalization, low=data.norm_low, high=data.norm_high)
+
+    def _preprocess_lazily(self, image: np.ndarray, source: str) -> np.ndarray | NormalizedImage:
+        """:meth:`preprocess` deferred to each tile where that is exact (integer images up to 16 bits)."""
+        data = self.config.data
+        image = self._fit_channels(image, source)
+        return normalize_lazily(image, data.normalization, low=data.norm_low, high=data.norm_high)
+
+    def _fit_channels(self, image: np.ndarray, source: str) -> np.ndarray:
+        """The raw image with the model's number of channels (grey <-> RGB, RGBA -> RGB)."""
+        data = self.config.data
         channels = 1 if image.ndim == 2 else image.shape[-1]
         if channels != data.in_channels:
             if data.in_channels == 3 and channels == 1:
@@ -156,7 +176,7 @@ class Predictor:
                 raise DataError(
                     f"{source}: image has {channels} channel(s) but the model expects {data.in_channels}"
                 )
-        return normalize(image, data.normalization, low=data.norm_low, high=data.norm_high)
+        return image
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> padded at the bottom/right to multiples of the model's size divisor
@@ -188,7 +208,13 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(
-        self, image: np.ndarray, source: str = "image", *, tta: bool | None = None, tile: int | None = None
+        self,
+        image: np.ndarray,
+        source: str = "image",
+        *,
+        tta: bool | None = None,
+        tile: int | None = None,
+        probabilities: bool | None = None,
     ) -> Prediction:
         """Segment one raw image ``(H, W)`` or ``(H, W, C)``.
 
@@ -198,11 +224,25 @@ class Predictor:
             tta: average over flips (and 90° rotations of square inputs); None = ``inference.tta``.
             tile: tile size for images larger than it in either dimension, 0 = never tile;
                 None = ``inference.tile``.
+            probabilities: semantic runs: keep the ``(K, H, W)`` probabilities in the result. None = keep
+                them for images of at most :data:`FULL_PROBABILITIES_MAX_PIXELS` pixels. Without them, a
+                tiled image is reduced to class ids band by band, so memory does not grow with its area
+                (an 8192² RGB image fits in well under 2 GB); the class ids are the same either way.
+                Instance runs always keep their maps (the watershed needs the whole image).
         """
-        maps = self.predict_maps(image, source, tta=tta, tile=tile)
         if self.config.task == "instance":
-            return self.instances_from_maps(maps)
-        return Prediction(labels=class_ids(maps), probabilities=maps)
+            return self.instances_from_maps(self.predict_maps(image, source, tta=tta, tile=tile))
+        height, width = image.shape[:2]
+        keep = height * width <= FULL_PROBABILITIES_MAX_PIXELS if probabilities is None else probabilities
+        tile = self.tile_size(tile)
+        if keep or not (tile and (height > tile or width > tile)):
+            maps = self.predict_maps(image, source, tta=tta, tile=tile)
+            return Prediction(labels=class_ids(maps), probabilities=maps if keep else None)
+        normalised = self._preprocess_lazily(image, source)
+        labels = np.empty((height, width), np.int32)
+        for top, band in sliding_window_bands(normalised, **self._window_args(normalised, tile, tta)):
+            labels[top : top + band.shape[1]] = class_ids(band)
+        return Prediction(labels=labels, probabilities=None)
 
     @torch.inference_mode()
     def predict_maps(
@@ -213,32 +253,41 @@ class Predictor:
         Semantic runs: softmax probabilities. Instance runs: each head's activation (sigmoid distances,
         softmax fgbg and types). Tiles and TTA passes are blended after activation.
         """
-        settings = self.config.inference
-        tta = settings.tta if tta is None else tta
         tile = self.tile_size(tile)
+        height, width = image.shape[:2]
+        if tile and (height > tile or width > tile):
+            # instance maps are blended and then cut once, so no object is cut or doubled at a tile seam
+            normalised = self._preprocess_lazily(image, source)
+            return sliding_window(normalised, **self._window_args(normalised, tile, tta))
         normalised = self.preprocess(image, source)
+        return self._tile_predictor(tta)(torch.from_numpy(normalised)[None])[0].cpu().numpy()
+
+    def _tile_predictor(self, tta: bool | None) -> TilePredictor:
+        """Normalised ``(N, C, h, w)`` tiles -> activated ``(N, K, h, w)`` maps, with TTA if asked."""
+        tta = self.config.inference.tta if tta is None else tta
         activate = self.layout.activate
         if tta:
-            predict_tiles = with_flip_tta(self.logits, activation=activate)
-        else:
+            return with_flip_tta(self.logits, activation=activate)
 
-            def predict_tiles(batch: torch.Tensor) -> torch.Tensor:
-                return activate(self.logits(batch))
+        def predict_tiles(batch: torch.Tensor) -> torch.Tensor:
+            return activate(self.logits(batch))
 
+        return predict_tiles
+
+    def _window_args(self, normalised: np.ndarray | NormalizedImage, tile: int, tta: bool | None) -> dict:
+        """Arguments of :func:`~medseg.inference.sliding_window.sliding_window` (or ``_bands``) after the
+        image: the run's inference settings; ``tile`` is already a multiple of the divisor."""
+        settings = self.config.inference
         height, width = normalised.shape[-2:]
-        if tile and (height > tile or width > tile):
-            # a dimension shorter than the tile needs no tiling: its tiles span it (padded to the divisor)
-            shape = (min(tile, self.tile_size(height)), min(tile, self.tile_size(width)))
-            # instance maps are blended and then cut once, so no object is cut or doubled at a tile seam
-            return sliding_window(
-                normalised,
-                predict_tiles,
-                shape,
-                overlap=settings.overlap,
-                batch_size=settings.batch_size,
-                softmax=False,
-            )
-        return predict_tiles(torch.from_numpy(normalised)[None])[0].cpu().numpy()
+        # a dimension shorter than the tile needs no tiling: its tiles span it (padded to the divisor)
+        shape = (min(tile, self.tile_size(height)), min(tile, self.tile_size(width)))
+        return {
+            "predictor": self._tile_predictor(tta),
+            "tile": shape,
+            "overlap": settings.overlap,
+            "batch_size": settings.batch_size,
+            "softmax": False,
+        }
 
     def instances_from_maps(self, maps: np.ndarray, params=None, typing=None) -> Prediction:
         """Deep watershed on an instance run's activated maps ``(C, H, W)``, typing each object.

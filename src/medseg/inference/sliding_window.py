@@ -2,8 +2,12 @@
 
 ``sliding_window`` takes any predictor callable (tensor of tiles in, per-tile logits out), so it serves the
 :class:`~medseg.inference.predictor.Predictor`, a bare ``nn.Module`` or an ONNX session wrapper alike.
-Memory is bounded by the output (``K, H, W`` float32 sums and an ``H, W`` weight map) plus one batch of
-tiles: each tile is copied from a view of the image as its batch is filled, never as a whole-image copy.
+Memory: each tile is cut from the image (or normalised from the raw image by a
+:class:`~medseg.transforms.normalize.NormalizedImage`) as its batch is filled, never via a whole-image copy;
+the weight map is never formed (it is an outer product of two axis profiles). :func:`sliding_window` returns
+the ``(K, H, W)`` float32 blend; :func:`sliding_window_bands` yields it as row bands as soon as they are
+final, holding only ``O(K x tile x W)`` sums, so a caller that reduces each band (argmax) needs memory that
+grows with the tile and the width, not with the image.
 
 Written here rather than calling MONAI's ``sliding_window_inference`` because that pads the whole input
 with ``torch.nn.functional.pad``, whose reflect mode fails when an image is less than half the tile, and
@@ -13,15 +17,17 @@ works on (and returns) torch tensors in the input's batch layout; here NumPy goe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from medseg.errors import ConfigError
+from medseg.transforms.normalize import NormalizedImage
 
 TilePredictor = Callable[[torch.Tensor], torch.Tensor]
 BLENDS = ("gaussian", "constant")
+_FINISH_ROWS = 256
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -62,7 +68,7 @@ def importance_map(tile: tuple[int, int], blend: str = "gaussian") -> np.ndarray
 
 
 def sliding_window(
-    image: np.ndarray,
+    image: np.ndarray | NormalizedImage,
     predictor: TilePredictor,
     tile: int | Sequence[int],
     *,
@@ -74,7 +80,8 @@ def sliding_window(
     """Predict a large image tile by tile and blend the tiles' probabilities.
 
     Args:
-        image: ``(C, H, W)`` float32 normalised image (other dtypes are cast tile by tile).
+        image: ``(C, H, W)`` float32 normalised image (other dtypes are cast tile by tile), or a
+            :class:`~medseg.transforms.normalize.NormalizedImage` that normalises each tile as it is cut.
         predictor: maps a ``(N, C, h, w)`` float32 tensor of tiles to ``(N, K, h, w)`` logits (or
             probabilities with ``softmax=False``), on any device.
         tile: tile size ``(h, w)`` or one int for square tiles. A dimension of the image smaller than the
@@ -85,7 +92,49 @@ def sliding_window(
         softmax: apply a softmax over ``K`` to each tile before blending (nnU-Net averages probabilities).
 
     Returns:
-        ``(K, H, W)`` float32 weighted mean of the tiles' probabilities.
+        ``(K, H, W)`` float32 weighted mean of the tiles' probabilities: the bands of
+        :func:`sliding_window_bands` put together.
+
+    Raises:
+        ConfigError: invalid ``overlap``, ``blend``, ``batch_size`` or ``tile``.
+    """
+    output: np.ndarray | None = None
+    bands = sliding_window_bands(
+        image, predictor, tile, overlap=overlap, blend=blend, batch_size=batch_size, softmax=softmax
+    )
+    for top, band in bands:
+        if output is None:
+            output = np.empty((band.shape[0], *image.shape[1:]), np.float32)
+        output[:, top : top + band.shape[1]] = band
+    assert output is not None  # the bands cover every row
+    return output
+
+
+def sliding_window_bands(
+    image: np.ndarray | NormalizedImage,
+    predictor: TilePredictor,
+    tile: int | Sequence[int],
+    *,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+    softmax: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`sliding_window`, yielding its result as row bands, top to bottom, as soon as each is final.
+
+    Tiles are predicted row of tiles by row of tiles; once every tile overlapping some rows has been added,
+    those rows are divided by their summed weights and yielded, and their sums dropped. Float buffers are
+    therefore ``O(K x tile x W)``, not ``O(K x H x W)``: reduce each band (e.g. argmax to class ids) to
+    predict an image whose probabilities would not fit in memory. The values are identical to
+    :func:`sliding_window`'s (the same tiles, batches and summation order).
+
+    Args:
+        image, predictor, tile, overlap, blend, batch_size, softmax: as for :func:`sliding_window`.
+
+    Yields:
+        ``(top, band)``: ``band`` is the ``(K, rows, W)`` float32 result for image rows
+        ``top : top + rows``; consecutive bands cover all ``H`` rows once, in order. A band is a new array
+        the caller may keep.
 
     Raises:
         ConfigError: invalid ``overlap``, ``blend``, ``batch_size`` or ``tile``.
@@ -106,7 +155,9 @@ def sliding_window(
     # row_weights[y] * col_weights[x]: no (H, W) weight map is needed
     row_weights = _summed_weights(height, rows, axis_weights(tile_h, blend))
     col_weights = _summed_weights(width, cols, axis_weights(tile_w, blend))
-    output: np.ndarray | None = None
+    # sums of the rows [top, top + tile_h) that the current row of tiles (starting at top) touches
+    sums: np.ndarray | None = None
+    top = 0
     batch = np.empty((min(batch_size, len(corners)), channels, tile_h, tile_w), np.float32)
     for first in range(0, len(corners), batch_size):
         chunk = corners[first : first + batch_size]
@@ -121,16 +172,29 @@ def sliding_window(
             if softmax:
                 result = torch.softmax(result.float(), dim=1)
             probs = result.float().cpu().numpy()
-        if output is None:
-            output = np.zeros((probs.shape[1], height, width), np.float32)
+        if sums is None:
+            sums = np.zeros((probs.shape[1], min(tile_h, height), width), np.float32)
         for (y, x), tile_probs in zip(chunk, probs):
+            if y != top:  # a new row of tiles: the rows above it are final
+                yield top, _finish(sums[:, : y - top], row_weights[top:y], col_weights)
+                kept = sums[:, y - top :]
+                sums = np.zeros_like(sums)
+                sums[:, : kept.shape[1]] = kept
+                top = y
             h, w = min(tile_h, height - y), min(tile_w, width - x)
-            weight = weights_tile[:h, :w]
-            output[:, y : y + h, x : x + w] += tile_probs[:, :h, :w] * weight
-    assert output is not None  # at least one tile
-    for top in range(0, height, 256):  # a band at a time: no (H, W) temporary
-        output[:, top : top + 256] /= np.outer(row_weights[top : top + 256], col_weights)
-    return output
+            sums[:, y - top : y - top + h, x : x + w] += tile_probs[:, :h, :w] * weights_tile[:h, :w]
+    assert sums is not None  # at least one tile
+    yield top, _finish(sums[:, : height - top], row_weights[top:], col_weights)
+
+
+def _finish(sums: np.ndarray, row_weights: np.ndarray, col_weights: np.ndarray) -> np.ndarray:
+    """``(K, rows, W)`` weighted sums -> their weighted mean (a new array), a few rows at a time so the
+    ``(rows, W)`` weight temporary stays small."""
+    out = np.empty_like(sums)
+    for start in range(0, sums.shape[1], _FINISH_ROWS):
+        stop = start + _FINISH_ROWS
+        np.divide(sums[:, start:stop], np.outer(row_weights[start:stop], col_weights), out=out[:, start:stop])
+    return out
 
 
 def _summed_weights(size: int, starts: list[int], weights: np.ndarray) -> np.ndarray:

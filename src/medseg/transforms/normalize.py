@@ -17,6 +17,9 @@ import numpy as np
 NORMALIZATIONS = ("percentile", "zscore", "none")
 
 _ZSCORE_MIN_STD = 1e-8
+# integer kinds whose exact histogram (<= 16 bits) gives NormalizedImage its statistics
+_HISTOGRAM_KINDS = "uib"
+_HISTOGRAM_ROWS = 512  # rows per bincount call: bounds its intp temporary to 8 bytes x 512 x W
 
 
 def to_channels_first(image: np.ndarray) -> np.ndarray:
@@ -137,3 +140,137 @@ def _zscore(channels: np.ndarray) -> np.ndarray:
         channel -= mean
         channel *= 1.0 / max(std, _ZSCORE_MIN_STD)
     return channels
+
+
+class NormalizedImage:
+    """A ``(C, H, W)`` float32 normalised image computed crop by crop from the raw image it wraps.
+
+    Equal to ``normalize(image, mode, low=low, high=high)`` (bit for bit, or to float32 rounding for
+    ``zscore``), but no whole-image float copy ever exists: the per-channel statistics are computed once
+    from a histogram of the integer image, and ``image_view[:, y0:y1, x0:x1]`` normalises only that crop.
+    This is what keeps a sliding-window prediction's memory independent of the image's size. Build one
+    with :func:`normalize_lazily`.
+
+    Attributes:
+        shape: ``(C, H, W)``.
+        ndim: 3.
+        dtype: float32, the dtype every crop comes back in.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, image: np.ndarray, mode: str, low: float, high: float) -> None:
+        raw = np.asarray(image)
+        if raw.dtype.kind not in _HISTOGRAM_KINDS or raw.dtype.itemsize > 2:
+            raise ValueError(f"NormalizedImage needs an integer image of at most 16 bits, not {raw.dtype}")
+        # (C, H, W) view of the raw pixels: moving the axis copies nothing
+        self._raw = raw[np.newaxis] if raw.ndim == 2 else np.moveaxis(raw, -1, 0)
+        self._unsigned_max = np.float32(np.iinfo(raw.dtype).max) if raw.dtype.kind == "u" else None
+        self._work = np.result_type(raw.dtype, np.float32).type  # float32: exact for <= 16-bit integers
+        self.shape = self._raw.shape
+        self.mode = mode
+        self._stats: list[tuple] = []
+        if mode == "percentile":
+            for channel in self._raw:
+                values, counts = _histogram(channel)
+                self._stats.append(tuple(_percentiles(values, counts, (low, high), self._work)))
+        elif mode == "zscore":
+            for channel in self._raw:
+                values, counts = _histogram(channel)
+                mean = np.dot(values.astype(np.float64), counts) / counts.sum()
+                std = np.sqrt(np.dot((values - mean) ** 2, counts) / counts.sum())
+                self._stats.append((np.float64(mean), np.float64(std)))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:, :, :]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Normalise the crop ``key`` (basic indexing of the ``(C, H, W)`` image) into a new float32 array."""
+        key = key if isinstance(key, tuple) else (key,)
+        channel_key, spatial = (key[0], key[1:]) if key else (slice(None), ())
+        crop = self._raw[(slice(None), *spatial)]
+        channels = crop.astype(self._work, order="C")  # always a copy, so the raw image is never touched
+        if self.mode == "none":
+            if self._unsigned_max is not None:
+                channels /= self._unsigned_max
+        elif self.mode == "percentile":
+            for channel, (lo, hi) in zip(channels, self._stats, strict=True):
+                # the same operations in the same order as _percentile, so the values are identical
+                if hi > lo:
+                    np.clip(channel, lo, hi, out=channel)
+                    channel -= lo
+                    channel /= hi - lo
+                else:
+                    channel[...] = 0.0
+        else:
+            for channel, (mean, std) in zip(channels, self._stats, strict=True):
+                channel -= mean
+                channel *= 1.0 / max(std, _ZSCORE_MIN_STD)
+        return channels.astype(np.float32, copy=False)[channel_key]
+
+
+def normalize_lazily(
+    image: np.ndarray, mode: str = "percentile", *, low: float = 0.5, high: float = 99.5
+) -> np.ndarray | NormalizedImage:
+    """:func:`normalize`, deferred to each crop where that is exact and cheap.
+
+    Integer images of at most 16 bits (and booleans), the microscopy and photo formats, come back as a
+    :class:`NormalizedImage` whose crops are normalised on demand, so a tiled prediction of an 8192² RGB
+    image never holds its 768 MiB float32 copy. Other dtypes (floats, 32/64-bit integers) are normalised
+    whole by :func:`normalize`, as their statistics need the float values themselves.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` array, any numeric dtype.
+        mode, low, high: as for :func:`normalize`.
+
+    Returns:
+        A ``(C, H, W)`` float32 array or a :class:`NormalizedImage` of that shape.
+
+    Raises:
+        ValueError: as :func:`normalize`.
+    """
+    raw = np.asarray(image)
+    if raw.dtype.kind not in _HISTOGRAM_KINDS or raw.dtype.itemsize > 2 or raw.ndim not in (2, 3):
+        return normalize(raw, mode, low=low, high=high)
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if mode == "percentile" and not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
+    return NormalizedImage(raw, mode, low, high)
+
+
+def _histogram(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact value histogram of an ``(H, W)`` integer channel (<= 16 bits): ``(values, counts)`` int64,
+    values ascending, counts > 0."""
+    offset = int(np.iinfo(channel.dtype).min) if channel.dtype.kind == "i" else 0
+    counts = np.zeros(1 << (8 * channel.dtype.itemsize), np.int64)
+    for top in range(0, channel.shape[0], _HISTOGRAM_ROWS):
+        band = channel[top : top + _HISTOGRAM_ROWS].ravel()
+        if offset:
+            band = band.astype(np.int32) - offset
+        elif band.dtype == bool:
+            band = band.view(np.uint8)
+        counts += np.bincount(band, minlength=counts.size)
+    present = np.flatnonzero(counts)
+    return present.astype(np.int64) + offset, counts[present]
+
+
+def _percentiles(values: np.ndarray, counts: np.ndarray, q: tuple[float, float], work: type) -> np.ndarray:
+    """``np.percentile(channel.astype(work), q)`` (method ``linear``) from the channel's histogram.
+
+    The same index arithmetic and interpolation as NumPy, so the result is identical, not just close.
+    """
+    n = int(counts.sum())
+    virtual = (n - 1) * np.true_divide(np.asarray(q, np.float64), 100)
+    previous = np.clip(np.floor(virtual).astype(np.intp), 0, n - 1)
+    following = np.minimum(previous + 1, n - 1)
+    gamma = virtual - previous
+    ends = np.cumsum(counts)  # order statistic i is values[first j with ends[j] > i]
+    a = values[np.searchsorted(ends, previous, side="right")].astype(work)
+    b = values[np.searchsorted(ends, following, side="right")].astype(work)
+    diff = b - a
+    result = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=result, where=gamma >= 0.5, casting="unsafe", dtype=result.dtype)
+    return result

@@ -137,16 +137,26 @@ def _segment_instances(predictor: Predictor, image: np.ndarray, source: str) -> 
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (their image files, not recursive) into a sorted, de-duplicated list.
+    """Expand files and folders (their image, NIfTI and DICOM files, not recursive) into a sorted,
+    de-duplicated list. A folder that holds only DICOM files is a series: one input, read as a volume.
 
     Raises:
         DataError: an input does not exist, or nothing to predict was found.
     """
+    from medseg.io.dicom import is_dicom_file, is_dicom_series
+    from medseg.io.nifti import is_nifti_file
+
     files: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
+        if is_dicom_series(item):
+            files.append(item)
+        elif item.is_dir():
             found = sorted(
-                p for p in item.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith(".")
+                p
+                for p in item.iterdir()
+                if p.is_file()
+                and not p.name.startswith(".")
+                and (is_image_file(p) or is_nifti_file(p) or is_dicom_file(p))
             )
             if not found:
                 raise DataError(f"{item}: folder holds no image files")
@@ -180,6 +190,13 @@ def predict(
     eccentricity) and ``counts.csv`` (per image and class: count, and the percentage among the run's
     ``instance.differential`` types, e.g. a differential white-cell count). A file that cannot be read
     is reported and skipped; the others are still written.
+
+    Volumes (``.nii``/``.nii.gz`` files, folders of one DICOM series) given to a run trained on sliced
+    volumes (``medseg data import msd|nnunet``) are cut, predicted and stacked as the training slices
+    were (:func:`medseg.workflows.volume.predict_volume`): ``masks/NAME_seg.nii.gz`` with the input's
+    affine, a row in ``summary.csv`` and one in ``volumes.csv`` (per-class voxels and millilitres).
+    Single DICOM files are read with their rescale slope/intercept; for such a run they are also
+    windowed as its training slices were.
 
     Under ``torchrun --nproc_per_node N -m medseg predict ...`` each process predicts every N-th file
     and writes its masks and overlays; rank 0 writes the CSVs, identical to a single process's.
@@ -218,6 +235,7 @@ def _predict(run_dir, inputs, out: Path, job, mask_format, device, overrides, ba
     from tqdm.auto import tqdm
 
     from medseg.inference.predictor import Predictor
+    from medseg.workflows.volume import is_volume_input, predict_volume
 
     if mask_format not in (None, "png", "tif"):
         raise DataError(f"--format: {mask_format!r} is not png or tif")
@@ -229,9 +247,17 @@ def _predict(run_dir, inputs, out: Path, job, mask_format, device, overrides, ba
     mine = job.shard(list(zip(files, _unique_stems(files))))
     done, failed = [], []  # (file index, what one process would have appended)
     bar = tqdm(mine, desc="predict", unit="image", disable=None if job.is_main else True, leave=False)
+    settings = _LazySliceSettings(predictor)
     for index, (path, stem) in bar:
         try:
-            result = segment_image(predictor, read_image(path), str(path))
+            if is_volume_input(path):
+                volume = predict_volume(predictor, path, out, stem=stem, settings=settings.get())
+                mask = f"masks/{volume.mask_path.name}"
+                row = {"file": str(path), "mask": mask, "height": None, "width": None}  # see volumes.csv
+                row.update({f"fraction_{c.name}": c.fraction for c in volume.classes})
+                done.append((index, (row, [], [], volume.row(path, mask))))
+                continue
+            result = segment_image(predictor, _read_input(path, settings), str(path))
         except DataError as exc:
             failed.append((index, str(exc)))
             continue
@@ -249,18 +275,21 @@ def _predict(run_dir, inputs, out: Path, job, mask_format, device, overrides, ba
             objects = [{"image": stem, **o} for o in result.objects]
             counts = [{"image": stem, **c} for c in result.counts]
         row.update({f"fraction_{c.name}": c.fraction for c in result.classes})
-        done.append((index, (row, objects, counts)))
+        done.append((index, (row, objects, counts, None)))
     done, problems = job.merge(done), job.merge(failed)
-    rows = [row for row, _, _ in done]
+    rows = [row for row, _, _, _ in done]
     summary = out / "summary.csv"
     if job.is_main and rows:
         write_csv_atomic(summary, rows)
+        volume_rows = [volume for _, _, _, volume in done if volume is not None]
+        if volume_rows:
+            write_csv_atomic(out / "volumes.csv", volume_rows)
         if instance:
             from medseg.postprocess.objects import OBJECT_COLUMNS
 
-            objects = [o for _, image_objects, _ in done for o in image_objects]
+            objects = [o for _, image_objects, _, _ in done for o in image_objects]
             write_csv_atomic(out / "objects.csv", objects, fieldnames=["image", *OBJECT_COLUMNS])
-            write_csv_atomic(out / "counts.csv", [c for _, _, image_counts in done for c in image_counts])
+            write_csv_atomic(out / "counts.csv", [c for _, _, image_counts, _ in done for c in image_counts])
     if problems:
         job.barrier()  # the CSVs above are written before any rank reports the problem
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -268,12 +297,59 @@ def _predict(run_dir, inputs, out: Path, job, mask_format, device, overrides, ba
     return summary
 
 
+class _LazySliceSettings:
+    """The run's volume slicing, looked up on first use (only volumes and DICOM files need it)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.value = None
+        self.error: DataError | None = None
+
+    def get(self):
+        """:func:`medseg.workflows.volume.slice_settings` of the run (the same error every time)."""
+        from medseg.workflows.volume import slice_settings
+
+        if self.value is None and self.error is None:
+            try:
+                self.value = slice_settings(self.predictor.config)
+            except DataError as exc:
+                self.error = exc
+        if self.error is not None:
+            raise DataError(str(self.error))
+        return self.value
+
+    def get_optional(self):
+        """The settings, or None when the run was not trained on sliced volumes."""
+        try:
+            return self.get()
+        except DataError:
+            return None
+
+
+def _read_input(path: Path, settings: _LazySliceSettings) -> np.ndarray:
+    """A 2D input file as ``segment_image`` takes it; a DICOM file with its rescale applied and, for a run
+    trained on sliced volumes, the training window and context channels."""
+    from medseg.io.dicom import is_dicom_file, read_dicom
+
+    if not is_dicom_file(path):
+        return read_image(path)
+    image = read_dicom(path)
+    sliced = settings.get_optional() if image.ndim == 2 else None
+    if sliced is None:
+        return image
+    from medseg.workflows.volume import prepare_dicom_image
+
+    return prepare_dicom_image(image, sliced)
+
+
 def _unique_stems(files: Sequence[Path]) -> list[str]:
+    from medseg.workflows.volume import volume_name
+
     seen: dict[str, int] = {}
     stems = []
     for path in files:
-        # nnU-Net names channel files CASE_0000.png; its predictions are named CASE.png
-        stem = re.sub(r"_0000$", "", path.stem)
+        # nnU-Net names channel files CASE_0000.png (volumes CASE_0000.nii.gz); predictions are named CASE
+        stem = re.sub(r"_0000$", "", volume_name(path))
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
     return stems

@@ -139,7 +139,7 @@ def import_msd(
                     f"{volume.label}: holds label values {undeclared} that dataset.json 'labels' does not "
                     f"declare ({', '.join(f'{n}={i}' for n, i in source.labels.items())})"
                 )
-            image = _scale_intensities(image, window_range, percentile_range)
+            image = scale_intensities(image, window_range, percentile_range)
             kept, empty_kept = _slices_to_keep(
                 labels, voxel_axis, keep_empty, seed, volume.name, source.labels.get("ignore")
             )
@@ -452,7 +452,7 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(s) for s in shape) + " (XxYxZ)"
 
 
-def _scale_intensities(
+def scale_intensities(
     image: np.ndarray, window: tuple[float, float] | None, percentile: tuple[float, float] | None
 ) -> np.ndarray:
     """``(X, Y, Z, C)`` float32: windowed, or percentile-scaled per channel, to 0..1; else unchanged."""
