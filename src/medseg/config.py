@@ -44,6 +44,9 @@ class DataConfig:
     num_workers: int = 1
     samples_per_epoch: int = 0  # training crops per epoch; 0 = one per training case
     mask_with: str = ""  # classify: segmentation run whose predicted region crops/masks each image
+    slicing: dict[str, Any] = field(
+        default_factory=dict
+    )  # sliced volumes: filled from dataset.json (predict)
 
     @property
     def class_names(self) -> list[str]:

@@ -275,6 +275,35 @@ def test_single_dicom_file_is_rescaled_windowed_and_given_context(volume_run, pr
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_the_web_app_gives_a_dicom_slice_the_training_window_and_context(volume_run, tmp_path: Path):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from medseg.web import create_app
+
+    _, _, run = volume_run
+    image, _ = ct_volume(3)
+    single = write_ct_slice(
+        tmp_path / "single" / "slice.dcm",
+        (image[:, :, 2] + 1024) / 2,
+        (0, 0, 0),
+        [0, 1, 0, 1, 0, 0],
+        (1, 1),
+        slope=2,
+    )
+    assert run_cli("predict", run, single, "--out", tmp_path / "out", "--device", "cpu") == 0
+    with TestClient(create_app([run], device="cpu")) as client:
+        response = client.post(
+            "/api/predict", files={"file": ("slice.dcm", single.read_bytes(), "application/dicom")}
+        )
+    assert response.status_code == 200, response.text
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["mask_png_base64"]))))
+    np.testing.assert_array_equal(mask, read_label(tmp_path / "out" / "masks" / "slice.png"))
+
+
 def test_slice_image_repeats_edge_slices_per_channel():
     stack = np.arange(4 * 1 * 1 * 2, dtype=np.float32).reshape(4, 1, 1, 2)  # (N, H, W, C)
     first = slice_image(stack, 0, 1)[0, 0]
@@ -306,9 +335,14 @@ def test_a_volume_with_the_wrong_channel_count_fails_with_one_line(volume_run, t
     assert "volume has 2 channel(s), giving 6 input channel(s)" in error and "model expects 3" in error
 
 
-def test_a_run_whose_dataset_is_gone_names_the_missing_dataset(volume_run, tmp_path: Path):
+def test_the_run_folder_alone_knows_the_slicing(volume_run, tmp_path: Path):
     run = volume_run[2]
     config = Predictor.from_run(run, device="cpu").config
-    config.data.path = str(tmp_path / "moved")
+    assert config.data.slicing["axis"] == "z" and "axis: z" in (run / "config.yaml").read_text()
+    config.data.path = str(tmp_path / "moved")  # the training dataset is gone: the run still knows
+    assert slice_settings(config) == SliceSettings(
+        axis="z", context=1, window=WINDOW, orientation=("R", "A", "S")
+    )
+    config.data.slicing = {}  # a run trained before data.slicing existed falls back to dataset.json
     with pytest.raises(DataError, match="training dataset not found"):
         slice_settings(config)

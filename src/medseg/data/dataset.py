@@ -59,6 +59,9 @@ class Dataset:
     instance_classes: list[str] = field(default_factory=list)  # instance type names (sidecar values)
     differential: list[str] = field(default_factory=list)  # types a differential count is over
     group_by: str = ""  # importer's suggested data.group_by regex (e.g. one patient or sequence per group)
+    slicing: dict = field(
+        default_factory=dict
+    )  # volumes cut into slices: axis, context, window, percentile, affine
 
     @property
     def class_names(self) -> list[str]:
@@ -154,6 +157,11 @@ def _open_nnunet(root: Path) -> Dataset:
     types = [str(t) for t in extra.get("instance_classes") or []]
     differential = [str(t) for t in extra.get("differential") or []]
     group_by = str(extra.get("group_by") or "")
+    slicing = {k: extra[k] for k in ("axis", "context", "window", "percentile") if k in extra}
+    if slicing and isinstance(extra.get("volumes"), dict) and extra["volumes"]:
+        first = next(iter(extra["volumes"].values()))
+        if isinstance(first, dict) and "affine" in first:
+            slicing["affine"] = first["affine"]  # the training volumes' orientation
     return Dataset(
         root,
         "nnunet",
@@ -167,6 +175,7 @@ def _open_nnunet(root: Path) -> Dataset:
         types,
         differential,
         group_by,
+        slicing,
     )
 
 

@@ -279,6 +279,11 @@ def create_app(
         image = decode_upload(data, label, max_pixels=max_pixels)
         if served.task == "classify":
             return _classification_answer(served, image, label, results, started)
+        if data[128:132] == b"DICM" and image.ndim == 2 and served.config.data.slicing:
+            # a slice of a volume, for a run trained on sliced volumes: their window and context channels
+            from medseg.workflows.volume import prepare_dicom_image, slice_settings
+
+            image = prepare_dicom_image(image, slice_settings(served.config))
         from medseg.workflows.predict import segment_image
 
         result = segment_image(served, image, label)

@@ -233,6 +233,8 @@ def _fill_data_config(config: Config, data: Dataset) -> None:
         config.data.ignore_index = data.ignore_label
     if not config.data.group_by and data.group_by:  # e.g. an importer's "one sequence per group"
         config.data.group_by = data.group_by
+    if data.slicing:  # the run folder must cut a volume as the training slices were, on its own
+        config.data.slicing = dict(data.slicing)
     if data.colors:
         config.data.colors = {k: list(v) for k, v in data.colors.items()}
     ids = sorted(data.labels.values())

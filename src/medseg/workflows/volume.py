@@ -140,23 +140,30 @@ def read_volume(path: str | os.PathLike[str]) -> NiftiVolume:
 
 
 def slice_settings(config: Config) -> SliceSettings:
-    """The slicing of the dataset a run was trained on, from its ``dataset.json`` ``medseg`` section.
+    """The slicing of the dataset a run was trained on: ``data.slicing`` in the run's config (copied from
+    the dataset at training time), else the training dataset's ``dataset.json`` (runs trained before).
 
     Args:
-        config: the run's config (``config.data.path`` is the training dataset).
+        config: the run's config.
 
     Raises:
-        DataError: the dataset is gone or records no slicing (not imported with ``medseg data import
-            msd|nnunet``), so a volume cannot be cut as the training slices were.
+        DataError: no slicing recorded (not trained on ``medseg data import msd|nnunet`` output), so a
+            volume cannot be cut as the training slices were.
     """
     meta_path = Path(config.data.path or ".") / "dataset.json"
     hint = "the run must be trained on a dataset written by `medseg data import msd|nnunet`"
-    if not config.data.path or not meta_path.is_file():
+    if config.data.slicing:
+        extra = dict(config.data.slicing)
+        affine = extra.get("affine")
+        extra["volumes"] = {"training": {"affine": affine}} if affine is not None else {}
+        meta_path = Path("config.yaml (data.slicing)")
+    elif not config.data.path or not meta_path.is_file():
         raise DataError(f"{meta_path}: training dataset not found, so the volume slicing is unknown ({hint})")
-    try:
-        extra = json.loads(meta_path.read_text(encoding="utf-8")).get("medseg") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise DataError(f"{meta_path}: cannot read dataset.json ({exc})") from None
+    else:
+        try:
+            extra = json.loads(meta_path.read_text(encoding="utf-8")).get("medseg") or {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            raise DataError(f"{meta_path}: cannot read dataset.json ({exc})") from None
     if extra.get("axis") not in _AXES:
         raise DataError(f"{meta_path}: records no volume slicing (no medseg.axis); {hint}")
     try:
