@@ -229,7 +229,7 @@ def _recording_predict(folder: Path, *argv) -> int:
     """The predict command, noting in ``folder/read_by_rankN`` which images this rank read."""
     import medseg.workflows.predict as predict_module
 
-    original = predict_module.read_image
+    original = predict_module.open_image_lazily
     record = folder / f"read_by_rank{os.environ['RANK']}"
 
     def recording(path):
@@ -237,7 +237,7 @@ def _recording_predict(folder: Path, *argv) -> int:
             f.write(Path(path).stem + "\n")
         return original(path)
 
-    predict_module.read_image = recording  # only in this forked process
+    predict_module.open_image_lazily = recording  # only in this forked process
     return cli(*argv)
 
 

@@ -215,6 +215,7 @@ class Predictor:
         tta: bool | None = None,
         tile: int | None = None,
         probabilities: bool | None = None,
+        labels_out: np.ndarray | None = None,
     ) -> Prediction:
         """Segment one raw image ``(H, W)`` or ``(H, W, C)``.
 
@@ -229,17 +230,32 @@ class Predictor:
                 tiled image is reduced to class ids band by band, so memory does not grow with its area
                 (an 8192² RGB image fits in well under 2 GB); the class ids are the same either way.
                 Instance runs always keep their maps (the watershed needs the whole image).
+            labels_out: semantic runs: an ``(H, W)`` integer array (e.g. a uint8 ``numpy.memmap`` of the
+                mask file) that receives the class ids, band by band when tiled, and is returned as
+                ``labels`` in place of a new int32 array: a 20,000² mask then needs no 1.6 GB int32 copy.
+
+        Raises:
+            DataError: the image's channels do not fit the model.
+            ValueError: ``labels_out`` has the wrong shape, or is given to an instance run.
         """
+        height, width = image.shape[:2]
+        if labels_out is not None and (labels_out.shape != (height, width) or self.config.task == "instance"):
+            raise ValueError(
+                f"labels_out: need a semantic run and shape {(height, width)}, got {labels_out.shape}"
+            )
         if self.config.task == "instance":
             return self.instances_from_maps(self.predict_maps(image, source, tta=tta, tile=tile))
-        height, width = image.shape[:2]
         keep = height * width <= FULL_PROBABILITIES_MAX_PIXELS if probabilities is None else probabilities
         tile = self.tile_size(tile)
         if keep or not (tile and (height > tile or width > tile)):
             maps = self.predict_maps(image, source, tta=tta, tile=tile)
-            return Prediction(labels=class_ids(maps), probabilities=maps if keep else None)
+            labels = class_ids(maps)
+            if labels_out is not None:
+                labels_out[...] = labels
+                labels = labels_out
+            return Prediction(labels=labels, probabilities=maps if keep else None)
         normalised = self._preprocess_lazily(image, source)
-        labels = np.empty((height, width), np.int32)
+        labels = np.empty((height, width), np.int32) if labels_out is None else labels_out
         for top, band in sliding_window_bands(normalised, **self._window_args(normalised, tile, tta)):
             labels[top : top + band.shape[1]] = class_ids(band)
         return Prediction(labels=labels, probabilities=None)

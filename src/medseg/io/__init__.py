@@ -27,6 +27,7 @@ from medseg.io.images import (
     read_label,
     write_image,
 )
+from medseg.io.lazy import open_image_lazily
 from medseg.io.nifti import NiftiVolume, read_nifti, read_nifti_label, write_nifti
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "check_tracks",
     "is_image_file",
     "list_frames",
+    "open_image_lazily",
     "read_ctc_ground_truth",
     "read_frames",
     "read_image",

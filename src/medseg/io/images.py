@@ -83,16 +83,22 @@ def tidy_channels(array: np.ndarray, source: str | os.PathLike[str]) -> np.ndarr
     """
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if (
-        array.ndim == 3
-        and array.shape[-1] == 4
-        and array.dtype.kind == "u"
-        and np.all(array[..., 3] == np.iinfo(array.dtype).max)
-    ):
+    if array.ndim == 3 and array.shape[-1] == 4 and array.dtype.kind == "u" and _opaque(array[..., 3]):
         array = array[..., :3]
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
         raise DataError(f"{source}: expected a 2D image, got an array of shape {array.shape}")
     return array
+
+
+_ALPHA_ROWS = 1024  # rows of the alpha channel checked at a time: no (H, W) bool copy of a huge image
+
+
+def _opaque(alpha: np.ndarray) -> bool:
+    """Whether an ``(H, W)`` unsigned alpha channel is fully opaque, checked in row bands."""
+    full = np.iinfo(alpha.dtype).max
+    return all(
+        np.all(alpha[top : top + _ALPHA_ROWS] == full) for top in range(0, alpha.shape[0], _ALPHA_ROWS)
+    )
 
 
 _MAX_CHANNELS = 16

@@ -11,10 +11,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.errors import DataError
-from medseg.io import is_image_file, read_image, write_csv_atomic, write_image
+from medseg.io import atomic_path, is_image_file, write_csv_atomic, write_image
+from medseg.io.lazy import open_image_lazily
 
 if TYPE_CHECKING:
     from medseg.inference.predictor import Predictor
+
+# Images with more pixels than this (4096², where Predictor.predict stops keeping probabilities) get their
+# class ids written straight into the mask's own uint8/uint16 array (a memory-mapped file for TIFF masks),
+# never an int32 copy. Overlays are drawn at most OVERLAY_MAX_SIDE pixels per side, every k-th pixel of
+# larger images: a 20,000² RGB overlay would be 1.2 GB, and color_overlay's float64 blend of a 4096²
+# overlay alone peaks above 1 GB
+LARGE_IMAGE_PIXELS = 4096 * 4096
+OVERLAY_MAX_SIDE = 2048
+_COUNT_ROWS = 1024  # rows counted at a time: bincount's intp copy of a huge mask would be 8 bytes/pixel
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,9 @@ class Segmentation:
     Attributes:
         labels: ``(H, W)`` int32 class ids (instance runs: instance ids), the input's size.
         overlay: ``(H, W, 3)`` uint8 RGB, the classes' colours blended over the image (instance runs: each
-            object filled and outlined, in its type's colour when typed).
+            object filled and outlined, in its type's colour when typed). Semantic images with a side
+            above :data:`OVERLAY_MAX_SIDE` get a downsampled overlay: every k-th row and column, with the
+            smallest k that fits.
         classes: one :class:`ClassCount` per class, in id order (background included); instance runs: per
             type (untyped: one ``objects`` class), counting the pixels of its objects.
         instances: whether ``labels`` are instance ids.
@@ -65,18 +77,28 @@ class Segmentation:
         instance ids as uint16, or int32 beyond 65,535 objects."""
         if self.instances:
             return self.labels.astype(np.uint16 if self.labels.max(initial=0) < 2**16 else np.int32)
-        return self.labels.astype(np.uint8 if len(self.classes) < 256 else np.uint16)
+        return self.labels.astype(mask_dtype(len(self.classes)), copy=False)
 
 
-def segment_image(predictor: Predictor, image: np.ndarray, source: str = "image") -> Segmentation:
+def mask_dtype(num_classes: int) -> type[np.unsignedinteger]:
+    """Smallest dtype of a semantic mask file: uint8, or uint16 with 256 classes or more."""
+    return np.uint8 if num_classes < 256 else np.uint16
+
+
+def segment_image(
+    predictor: Predictor, image: np.ndarray, source: str = "image", *, labels_out: np.ndarray | None = None
+) -> Segmentation:
     """Segment one image: class ids, the colour overlay and per-class pixel counts.
 
     The one per-image step of ``medseg predict`` and of the web app, so both give identical masks.
 
     Args:
         predictor: a loaded run (anything with ``predict(image, source)`` and ``config``).
-        image: ``(H, W)`` or ``(H, W, C)`` raw image, any dtype (as :func:`medseg.io.read_image` returns).
+        image: ``(H, W)`` or ``(H, W, C)`` raw image, any dtype (as :func:`medseg.io.read_image` returns,
+            or a memory map from :func:`medseg.io.lazy.open_image_lazily`).
         source: name used in error messages.
+        labels_out: semantic runs: ``(H, W)`` integer array that receives the class ids and becomes
+            ``labels`` (see :meth:`~medseg.inference.predictor.Predictor.predict`).
 
     Raises:
         DataError: the image's channels do not fit the model.
@@ -88,13 +110,20 @@ def segment_image(predictor: Predictor, image: np.ndarray, source: str = "image"
     data = predictor.config.data
     names = data.class_names
     colors = class_colors(data.labels, data.colors)
-    labels = predictor.predict(image, source).labels
-    counts = np.bincount(labels.ravel(), minlength=len(names))
+    if labels_out is None:
+        labels = predictor.predict(image, source).labels
+    else:
+        labels = predictor.predict(image, source, labels_out=labels_out).labels
+    counts = np.zeros(len(names), np.int64)
+    for top in range(0, labels.shape[0], _COUNT_ROWS):
+        counts += np.bincount(labels[top : top + _COUNT_ROWS].ravel(), minlength=len(names))[: len(names)]
     classes = [
         ClassCount(i, name, colors[i], pixels=int(counts[i]), fraction=float(counts[i] / labels.size))
         for i, name in enumerate(names)
     ]
-    return Segmentation(labels=labels, overlay=color_overlay(image, labels, colors), classes=classes)
+    step = -(-max(labels.shape) // OVERLAY_MAX_SIDE)
+    overlay = color_overlay(image[::step, ::step], labels[::step, ::step], colors)
+    return Segmentation(labels=labels, overlay=overlay, classes=classes)
 
 
 def type_colors(names: Sequence[str], colors: dict | None = None) -> list[tuple[int, int, int]]:
@@ -191,6 +220,14 @@ def predict(
     ``instance.differential`` types, e.g. a differential white-cell count). A file that cannot be read
     is reported and skipped; the others are still written.
 
+    Large images: uncompressed TIFF/OME-TIFF inputs are memory-mapped, not read
+    (:func:`medseg.io.lazy.open_image_lazily`), and predicted tile by tile. A semantic image above
+    :data:`LARGE_IMAGE_PIXELS` has its class ids written straight into a uint8 mask (with ``tif``: an
+    uncompressed, memory-mapped TIFF filled band by band) and gets an overlay downsampled to at most
+    :data:`OVERLAY_MAX_SIDE` pixels a side. A 20,000² RGB slide so needs about 1.1 GB of memory of its
+    own; the mapped slide and mask pages it touches are page cache the kernel can drop (see
+    ``benchmarks/large_slide.py``).
+
     Volumes (``.nii``/``.nii.gz`` files, folders of one DICOM series) given to a run trained on sliced
     volumes (``medseg data import msd|nnunet``) are cut, predicted and stacked as the training slices
     were (:func:`medseg.workflows.volume.predict_volume`): ``masks/NAME_seg.nii.gz`` with the input's
@@ -257,11 +294,16 @@ def _predict(run_dir, inputs, out: Path, job, mask_format, device, overrides, ba
                 row.update({f"fraction_{c.name}": c.fraction for c in volume.classes})
                 done.append((index, (row, [], [], volume.row(path, mask))))
                 continue
-            result = segment_image(predictor, _read_input(path, settings), str(path))
+            image = _read_input(path, settings)
+            mask_path = out / "masks" / f"{stem}.{mask_format}"
+            if not instance and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS:
+                result = _segment_large(predictor, image, str(path), mask_path)
+            else:
+                result = segment_image(predictor, image, str(path))
+                write_image(mask_path, result.mask)
         except DataError as exc:
             failed.append((index, str(exc)))
             continue
-        write_image(out / "masks" / f"{stem}.{mask_format}", result.mask)
         write_image(out / "overlays" / f"{stem}.png", result.overlay)
         row = {
             "file": str(path),
@@ -326,13 +368,38 @@ class _LazySliceSettings:
             return None
 
 
+def _segment_large(predictor: Predictor, image: np.ndarray, source: str, mask_path: Path) -> Segmentation:
+    """:func:`segment_image` for an image above :data:`LARGE_IMAGE_PIXELS`, writing its mask as it goes.
+
+    The class ids go straight into the mask's dtype: a TIFF mask is a memory-mapped, uncompressed file
+    filled band by band (so not even the uint8 mask is held in memory), a PNG mask one uint8/uint16
+    array that is then encoded.
+    """
+    dtype = mask_dtype(len(predictor.config.data.class_names))
+    shape = image.shape[:2]
+    if mask_path.suffix.lower() != ".tif":
+        result = segment_image(predictor, image, source, labels_out=np.empty(shape, dtype))
+        write_image(mask_path, result.mask)
+        return result
+    import tifffile
+
+    with atomic_path(mask_path) as tmp:
+        labels = tifffile.memmap(
+            tmp, shape=shape, dtype=dtype, photometric="minisblack", metadata={"axes": "YX"}
+        )
+        result = segment_image(predictor, image, source, labels_out=labels)
+        labels.flush()
+    return result
+
+
 def _read_input(path: Path, settings: _LazySliceSettings) -> np.ndarray:
-    """A 2D input file as ``segment_image`` takes it; a DICOM file with its rescale applied and, for a run
+    """A 2D input file as ``segment_image`` takes it (an uncompressed TIFF memory-mapped, not read: see
+    :func:`medseg.io.lazy.open_image_lazily`); a DICOM file with its rescale applied and, for a run
     trained on sliced volumes, the training window and context channels."""
     from medseg.io.dicom import is_dicom_file, read_dicom
 
     if not is_dicom_file(path):
-        return read_image(path)
+        return open_image_lazily(path)
     image = read_dicom(path)
     sliced = settings.get_optional() if image.ndim == 2 else None
     if sliced is None:
