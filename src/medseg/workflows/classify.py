@@ -582,11 +582,7 @@ def _build_classifier_trainer(
     import torch
 
     from medseg.data.samples import EpochSampler
-    from medseg.engine import callbacks as cb
-    from medseg.engine.device import use_bf16
-    from medseg.engine.distributed import shard_sampler
-    from medseg.engine.trainer import Trainer
-    from medseg.workflows.train import _param_groups, _scheduler
+    from medseg.workflows.train import _param_groups, assemble_trainer
 
     t = config.train
     model = build_classifier(config, pretrained=pretrained)
@@ -595,62 +591,30 @@ def _build_classifier_trainer(
         sampler = BalancedSampler(train_labels, samples, t.seed)
     else:
         sampler = EpochSampler(len(train_images), samples, t.seed)
-    sampler = shard_sampler(sampler)  # under torchrun: this rank's share of the epoch
-    workers = max(0, config.data.num_workers)
-    loader = torch.utils.data.DataLoader(
-        ClassificationSamples(train_images, train_labels, config.augment),
-        batch_size=t.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        drop_last=len(sampler) >= 2 * t.batch_size,  # a batch of one breaks batch norm
-    )
-    steps_per_epoch = len(loader)
-    total_steps = t.epochs * steps_per_epoch
-    if t.max_steps:
-        total_steps = min(total_steps, t.max_steps)
     groups = []
     for group in _param_groups(model, t.lr, config.model.encoder_lr_ratio):
         trainable = [p for p in group["params"] if p.requires_grad]  # frozen blocks stay out
         if trainable:
             groups.append({**group, "params": trainable})
-    optim_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optim_cls(groups, weight_decay=t.weight_decay)
-    monitor = t.monitor if len(val_images) else "train_loss"
-    scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
     weights = class_weights(config, train_labels)
     loss_fn = torch.nn.CrossEntropyLoss(
         weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
         label_smoothing=config.classify.label_smoothing,
     ).to(device)
-    callbacks: list = [
-        cb.EarlyStopping(t.early_stopping),  # before Checkpoint, so last.pt records an early stop
-        cb.Checkpoint(run / "checkpoints", {"config": config.to_dict()}),
-        cb.CSVLogger(run / "metrics.csv"),
-    ]
-    if t.log == "tensorboard":
-        callbacks.append(cb.TensorBoardLogger(run / "tensorboard"))
-    if t.progress:
-        callbacks.append(cb.ProgressBar(steps_per_epoch, summary_keys=("val_loss", "val_balanced_accuracy")))
     validate = None
     if len(val_images):
         validate = ClassificationValidation(config, val_images, val_labels, loss_fn)
-    return Trainer(
+    return assemble_trainer(
+        config,
+        run,
         model,
-        optimizer,
-        loader,
-        loss_fn=loss_fn,
-        validate=validate,
-        scheduler=scheduler,
-        plateau=plateau,
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        monitor=monitor,
-        bf16=use_bf16(t.amp, device),
-        grad_clip=t.grad_clip,
-        callbacks=callbacks,
-        device=device,
-        channels_last=t.channels_last,
+        groups,
+        ClassificationSamples(train_images, train_labels, config.augment),
+        sampler,
+        loss_fn,
+        validate,
+        device,
+        progress_keys=("val_loss", "val_balanced_accuracy"),
     )
 
 

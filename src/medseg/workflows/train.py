@@ -344,13 +344,9 @@ def _load_cases(
 
 
 def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=True):
-    import torch
-
     from medseg.data.samples import EpochSampler, PatchDataset
     from medseg.engine import callbacks as cb
-    from medseg.engine.device import use_bf16
-    from medseg.engine.distributed import current_context, shard_sampler
-    from medseg.engine.trainer import Trainer
+    from medseg.engine.distributed import current_context
     from medseg.losses import DeepWatershedLoss, DiceCELoss
     from medseg.models import build_model
     from medseg.models.heads import HeadLayout
@@ -402,27 +398,7 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         sample_masks=sample_masks,
     )
     samples = config.data.samples_per_epoch or len(cases.train_images)
-    # under torchrun each rank takes its share of the same global epoch; single process: all of it
-    sampler = shard_sampler(EpochSampler(len(cases.train_images), samples, t.seed))
-    workers = max(0, config.data.num_workers)
-    loader = torch.utils.data.DataLoader(
-        patches,
-        batch_size=t.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        drop_last=len(sampler) >= 2 * t.batch_size,
-    )
-    steps_per_epoch = len(loader)
-    total_steps = t.epochs * steps_per_epoch
-    if t.max_steps:
-        total_steps = min(total_steps, t.max_steps)
-    optim_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optim_cls(
-        _param_groups(model, t.lr, config.model.encoder_lr_ratio), weight_decay=t.weight_decay
-    )
-    monitor = t.monitor if cases.val_images else "train_loss"
-    scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
+    sampler = EpochSampler(len(cases.train_images), samples, t.seed)
     if instance:
         inst = config.instance
         weights = {
@@ -441,16 +417,6 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
             ignore_index=config.data.ignore_index,
             include_background=config.loss.dice_include_background,
         ).to(device)
-    callbacks: list = [
-        cb.FreezeEncoder(config.model.freeze_encoder),
-        cb.EarlyStopping(t.early_stopping),  # before Checkpoint, so last.pt records an early stop
-        cb.Checkpoint(run / "checkpoints", {"config": config.to_dict()}),
-        cb.CSVLogger(run / "metrics.csv"),
-    ]
-    if t.log == "tensorboard":
-        callbacks.append(cb.TensorBoardLogger(run / "tensorboard"))
-    if t.progress:
-        callbacks.append(cb.ProgressBar(steps_per_epoch))
     validate = None
     if cases.val_images and instance:
         from medseg.workflows.instance import InstanceValidation
@@ -458,14 +424,100 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         validate = InstanceValidation(config, cases, loss_fn)
     elif cases.val_images:
         validate = SemanticValidation(config, cases.val_images, cases.val_labels, loss_fn)
+    snapshots = []
     if cases.val_images and t.snapshots and current_context().is_main:
         from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
 
         i = pick_snapshot_case(cases.val_labels)
         display = load_image(data.case(cases.val_names[i]))
-        callbacks.append(
+        snapshots.append(
             Snapshots(run / "snapshots", config, display, cases.val_images[i], cases.val_labels[i])
         )
+    return assemble_trainer(
+        config,
+        run,
+        model,
+        _param_groups(model, t.lr, config.model.encoder_lr_ratio),
+        patches,
+        sampler,
+        loss_fn,
+        validate,
+        device,
+        callbacks_before=[cb.FreezeEncoder(config.model.freeze_encoder)],
+        callbacks_after=snapshots,
+    )
+
+
+def assemble_trainer(
+    config: Config,
+    run: Path,
+    model,
+    param_groups: list[dict],
+    samples,
+    sampler,
+    loss_fn,
+    validate,
+    device,
+    *,
+    callbacks_before: Sequence = (),
+    callbacks_after: Sequence = (),
+    progress_keys: tuple[str, ...] | None = None,
+):
+    """What every task's training shares around its model, data and loss: the loader over this rank's
+    share of each epoch, optimiser, schedule, early stopping, checkpoints, logs, progress, the Trainer.
+
+    Args:
+        config: the resolved run config (``train`` section).
+        run: the run folder (checkpoints, metrics.csv, tensorboard).
+        model: the network.
+        param_groups: optimiser parameter groups (e.g. :func:`_param_groups`).
+        samples: the training ``Dataset``; ``sampler`` draws its indices for one global epoch.
+        sampler: sampler of the whole epoch (sharded here under torchrun).
+        loss_fn: the loss.
+        validate: per-epoch validation, or None (then ``train_loss`` is monitored).
+        device: the training device.
+        callbacks_before: callbacks that run before early stopping (e.g. freezing the encoder).
+        callbacks_after: callbacks after the standard ones (e.g. snapshots).
+        progress_keys: validation logs the progress bar shows (default: its own).
+    """
+    import torch
+
+    from medseg.engine import callbacks as cb
+    from medseg.engine.device import use_bf16
+    from medseg.engine.distributed import shard_sampler
+    from medseg.engine.trainer import Trainer
+
+    t = config.train
+    sampler = shard_sampler(sampler)  # under torchrun: this rank's share of the same global epoch
+    workers = max(0, config.data.num_workers)
+    loader = torch.utils.data.DataLoader(
+        samples,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=len(sampler) >= 2 * t.batch_size,  # a batch of one breaks batch norm
+    )
+    steps_per_epoch = len(loader)
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps:
+        total_steps = min(total_steps, t.max_steps)
+    optim_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optim_cls(param_groups, weight_decay=t.weight_decay)
+    monitor = t.monitor if validate is not None else "train_loss"
+    scheduler, plateau = _scheduler(optimizer, config, monitor, steps_per_epoch, total_steps)
+    callbacks: list = [
+        *callbacks_before,
+        cb.EarlyStopping(t.early_stopping),  # before Checkpoint, so last.pt records an early stop
+        cb.Checkpoint(run / "checkpoints", {"config": config.to_dict()}),
+        cb.CSVLogger(run / "metrics.csv"),
+    ]
+    if t.log == "tensorboard":
+        callbacks.append(cb.TensorBoardLogger(run / "tensorboard"))
+    if t.progress:
+        progress = {"summary_keys": progress_keys} if progress_keys else {}
+        callbacks.append(cb.ProgressBar(steps_per_epoch, **progress))
+    callbacks.extend(callbacks_after)
     return Trainer(
         model,
         optimizer,
