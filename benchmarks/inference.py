@@ -1,15 +1,18 @@
 """Inference speed and memory on this CPU: one 512² image through segformer_b0 and unet, and large images.
 
-1. The network alone on a normalised (1, 3, 512, 512) batch: torch fp32 eager (the baseline), bf16 autocast,
-   channels_last (fp32 and bf16), ONNX Runtime fp32 (graph optimisation ALL; BASIC and none for
-   comparison), with one thread per core
-   (the default; 2 here) and with 1; all variants timed round-robin.
+1. The network alone on a normalised (1, 3, 512, 512) batch: the baseline is torch fp32 eager with the
+   network as its library ships it (for SegFormer, transformers' decode head; medseg's prediction folds
+   that head, see ``SegFormer._decode_folded``), then medseg's fp32 eager, bf16 autocast, channels_last
+   (fp32 and bf16; channels_last bf16 is what ``Predictor`` runs), ONNX Runtime fp32 (graph optimisation
+   ALL; BASIC and none for comparison), with one thread per core (the default; 2 here) and with 1; all
+   variants timed round-robin.
    Floor = the model's FLOPs (torch.utils.flop_counter: convolutions, matmuls, attention; 1 multiply-add =
    2 FLOPs) / the peak GFLOP/s of a large matmul in the same precision on this CPU; time/floor says how
    far each variant is from compute-bound.
-2. The whole Predictor (normalise, pad, network, softmax, argmax) on a 512² uint8 image: fp32 torch (the
-   baseline), medseg's default (``Predictor.from_run(RUN)``: torch, bf16 autocast where the CPU has bf16)
-   and ``backend="onnxruntime"``.
+2. The whole Predictor (normalise, pad, network, softmax, argmax) on a 512² uint8 image: fp32 torch with
+   the network as shipped (the baseline), medseg's default (``Predictor.from_run(RUN)``: torch,
+   channels_last, bf16 autocast where the CPU has bf16, SegFormer's folded head) and
+   ``backend="onnxruntime"``.
 3. Large images (unet, 4 classes, tiles of 512 with 25% overlap), each size in a fresh process:
    1024², 2048², 4096², 8192²: seconds, seconds per megapixel and peak RSS (VmHWM from /proc/self/status;
    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is recorded beside it, but Linux carries the parent's
@@ -40,10 +43,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medseg.config import load_config, save_config
 from medseg.engine.checkpoint import save_checkpoint
@@ -53,6 +58,7 @@ from medseg.inference.predictor import Predictor, class_ids
 from medseg.inference.sliding_window import sliding_window, tile_starts
 from medseg.io import write_json_atomic
 from medseg.models import build_model
+from medseg.models.segformer import SegFormer
 from medseg.workflows.export import export_run
 
 MODELS = ("segformer_b0", "unet")
@@ -80,7 +86,9 @@ def interleaved(calls: dict[str, tuple], repeats: int) -> dict[str, dict[str, fl
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(repeats + 1):
         for name, (fn, threads) in calls.items():
-            torch.set_num_threads(threads)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+                fn()  # untimed: the first call after a thread-count change pays for the pool's change
             start = time.perf_counter()
             fn()
             if round_:  # round 0 warms up (allocators, oneDNN primitives, ORT arenas)
@@ -104,7 +112,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def model_flops(model: torch.nn.Module, batch: torch.Tensor) -> int:
+def model_flops(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -113,14 +121,36 @@ def model_flops(model: torch.nn.Module, batch: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def as_shipped(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network's forward as its library ships it: for SegFormer, transformers' decode head (medseg folds
+    it when predicting); every other model is its own forward."""
+    if not isinstance(model, SegFormer):
+        return model
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        features = model.encoder(x, output_hidden_states=True, return_dict=True).hidden_states
+        logits = model.decode_head(features)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return forward
+
+
+class ShippedPredictor(Predictor):
+    """The pipeline baseline: fp32, contiguous tensors, the network as shipped (:func:`as_shipped`)."""
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        return as_shipped(self.model)(self.pad(images).contiguous())[..., :height, :width].float()
+
+
 def network_variants(run: Path, repeats: int) -> dict[str, dict]:
     """Seconds per (1, 3, 512, 512) forward of each variant, with 2 and 1 threads."""
     predictor = Predictor.from_run(run, device="cpu")
-    model = predictor.model
+    model = _contiguous_copy(run)
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     batch = torch.from_numpy(predictor.preprocess(image))[None]
     batch_cl = batch.contiguous(memory_format=torch.channels_last)
-    model_cl = _channels_last_copy(run)
+    model_cl = predictor.model  # the Predictor keeps its network channels_last
     ort = {t: OnnxRuntimeBackend(run / "export" / "model.onnx", threads=t) for t in (THREADS, 1)}
 
     def torch_call(network, x, bf16):
@@ -132,6 +162,8 @@ def network_variants(run: Path, repeats: int) -> dict[str, dict]:
 
     calls = {}
     for threads in (THREADS, 1):
+        shipped = torch_call(as_shipped(model), batch, False)
+        calls[f"as shipped fp32 eager, {threads} thr"] = (shipped, threads)
         calls[f"torch fp32 eager, {threads} thr"] = (torch_call(model, batch, False), threads)
         calls[f"torch bf16 autocast, {threads} thr"] = (torch_call(model, batch, True), threads)
         if threads == THREADS:
@@ -149,21 +181,22 @@ def network_variants(run: Path, repeats: int) -> dict[str, dict]:
     return rows
 
 
-def _channels_last_copy(run: Path) -> torch.nn.Module:
+def _contiguous_copy(run: Path) -> torch.nn.Module:
     model = Predictor.from_run(run, device="cpu").model
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def pipeline_variants(run: Path, repeats: int) -> dict[str, dict]:
     """Seconds per ``Predictor.predict`` of one 512² uint8 image (normalise ... argmax)."""
     image = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    fp32 = Predictor.from_run(run, device="cpu")
-    fp32.bf16 = False
+    shipped = ShippedPredictor.from_run(run, device="cpu")
+    shipped.model = _contiguous_copy(run)
+    shipped.bf16 = False
     default = Predictor.from_run(run)
     onnx = Predictor.from_run(run, backend="onnxruntime")
     predictors = {
-        "torch fp32 (baseline)": fp32,
-        f"medseg default (torch, bf16 {'on' if default.bf16 else 'off'})": default,
+        "torch fp32 as shipped (baseline)": shipped,
+        f"medseg default (torch, bf16 {'on' if default.bf16 else 'off'}, channels_last)": default,
         "medseg --backend onnxruntime": onnx,
     }
     calls = {name: (lambda p=p: p.predict(image), THREADS) for name, p in predictors.items()}
@@ -266,21 +299,27 @@ def main() -> None:
             runs[name] = make_run(Path(tmp) / name, name)
             export_run(runs[name])
         for name in MODELS:
-            model = Predictor.from_run(runs[name], device="cpu").model
+            model = _contiguous_copy(runs[name])
             flops = model_flops(model, torch.rand(1, 3, SIZE, SIZE))
+            shipped_flops = model_flops(as_shipped(model), torch.rand(1, 3, SIZE, SIZE))
             network = network_variants(runs[name], args.repeats)
-            base = network[f"torch fp32 eager, {threads} thr"]["seconds"]
-            for row in network.values():
+            base = network[f"as shipped fp32 eager, {threads} thr"]["seconds"]
+            for variant, row in network.items():
                 peak = peaks[f"{row['precision']}, {row['threads']} thr"]
-                row["floor_seconds"] = flops / (peak * 1e9)
+                row["floor_seconds"] = (shipped_flops if "shipped" in variant else flops) / (peak * 1e9)
                 row["time_over_floor"] = row["seconds"] / row["floor_seconds"]
                 row["speedup_vs_fp32_eager"] = base / row["seconds"]
             pipeline = pipeline_variants(runs[name], args.repeats)
-            pipe_base = pipeline["torch fp32 (baseline)"]["seconds"]
+            pipe_base = pipeline["torch fp32 as shipped (baseline)"]["seconds"]
             for row in pipeline.values():
                 row["speedup_vs_fp32"] = pipe_base / row["seconds"]
-            results[name] = {"gflops": flops / 1e9, "network": network, "predict": pipeline}
-            _print_model(name, flops, network, pipeline)
+            results[name] = {
+                "gflops": flops / 1e9,
+                "gflops_as_shipped": shipped_flops / 1e9,
+                "network": network,
+                "predict": pipeline,
+            }
+            _print_model(name, flops, shipped_flops, network, pipeline)
         large = large_images_section(runs["unet"], args.sizes, args.before_sizes)
     result = {
         "benchmark": "inference",
@@ -334,21 +373,21 @@ def large_only(sizes: list[int], before_sizes: list[int]) -> None:
     print(f"written to {out} (large_images only)")
 
 
-def _print_model(name: str, flops: int, network: dict, pipeline: dict) -> None:
-    print(f"\n{name}: {flops / 1e9:.2f} GFLOP per 512² forward")
+def _print_model(name: str, flops: int, shipped_flops: int, network: dict, pipeline: dict) -> None:
+    print(f"\n{name}: {flops / 1e9:.2f} GFLOP per 512² forward ({shipped_flops / 1e9:.2f} as shipped)")
     print(
-        f"{'network variant':<32} {'best ms':>8} {'median':>8} {'vs fp32':>8} {'floor ms':>9} {'x floor':>8}"
+        f"{'network variant':<36} {'best ms':>8} {'median':>8} {'vs fp32':>8} {'floor ms':>9} {'x floor':>8}"
     )
     for variant, row in network.items():
         print(
-            f"{variant:<32} {row['seconds'] * 1e3:>8.1f} {row['median_seconds'] * 1e3:>8.1f} "
+            f"{variant:<36} {row['seconds'] * 1e3:>8.1f} {row['median_seconds'] * 1e3:>8.1f} "
             f"{row['speedup_vs_fp32_eager']:>7.2f}x {row['floor_seconds'] * 1e3:>9.1f} "
             f"{row['time_over_floor']:>7.1f}x"
         )
-    print(f"{'Predictor.predict, 512² uint8':<44} {'best ms':>8} {'median':>8} {'vs fp32':>8}")
+    print(f"{'Predictor.predict, 512² uint8':<56} {'best ms':>8} {'median':>8} {'vs fp32':>8}")
     for variant, row in pipeline.items():
         print(
-            f"{variant:<44} {row['seconds'] * 1e3:>8.1f} {row['median_seconds'] * 1e3:>8.1f} "
+            f"{variant:<56} {row['seconds'] * 1e3:>8.1f} {row['median_seconds'] * 1e3:>8.1f} "
             f"{row['speedup_vs_fp32']:>7.2f}x"
         )
 

@@ -92,6 +92,34 @@ def test_logits_are_the_quarter_resolution_decoder_output_upsampled():
         torch.testing.assert_close(model(x), expected)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 64, 96), (1, 3, 72, 40)])
+def test_folded_decode_head_equals_transformers_head(shape):
+    torch.manual_seed(0)
+    model = create_model("segformer_tiny", in_channels=3, num_classes=5)
+    batch_norm = model.decode_head.batch_norm
+    batch_norm.running_mean.normal_()
+    batch_norm.running_var.uniform_(0.5, 2.0)
+    torch.nn.init.normal_(batch_norm.weight)
+    model.eval()
+    fused_calls = []
+    model.decode_head.linear_fuse.register_forward_hook(lambda *args: fused_calls.append(1))
+    x = torch.randn(shape)
+    with torch.no_grad(), torch.enable_grad():  # autograd on: transformers' head, as Grad-CAM runs it
+        reference = model(x).detach()
+    assert fused_calls == [1]
+    with torch.inference_mode():
+        folded = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            folded_bf16 = model(x).float()
+    assert fused_calls == [1]  # prediction never ran the 4D -> D fusion conv
+    torch.testing.assert_close(folded, reference, atol=1e-5, rtol=1e-4)
+    assert (folded_bf16 - reference).abs().max() < 0.05 * reference.abs().max()
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert fused_calls == [1, 1]  # training mode keeps transformers' head (batch statistics)
+
+
 def test_encoder_is_the_mit_and_everything_else_is_the_decode_head():
     model = create_model("segformer_tiny", in_channels=3, num_classes=4)
     assert model.size_divisor == 32

@@ -60,7 +60,8 @@ def test_reload_from_a_run_folder_gives_identical_outputs(name, tmp_path: Path):
     with torch.inference_mode():
         expected = model(x)
         reloaded = Predictor.from_run(tmp_path, device="cpu")
-        np.testing.assert_array_equal(reloaded.logits(x).numpy(), expected.numpy())
+        # the Predictor runs channels_last: other conv kernels, equal up to float rounding
+        np.testing.assert_allclose(reloaded.logits(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if n != "unet_tiny"])  # unet_tiny: tests/workflows

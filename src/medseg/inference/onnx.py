@@ -80,7 +80,8 @@ def export_onnx(
     side = divisor * math.ceil(64 / divisor)  # the traced size; every other size works through dynamic axes
     sample = torch.rand(1, in_channels, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
     path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    # no_grad: traced as prediction runs it (SegFormer's folded decode head, see SegFormer.forward)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         # the legacy exporter warns that it is legacy, and the tracer about Python-side shape checks
         # (instance norm's, attention's is_causal) that do not depend on the traced size
         for category in (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning):
@@ -138,6 +139,9 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1  # one request at a time: parallelism is within operators
         options.log_severity_level = 3  # errors only: no "removing initializer" chatter
+        # idle ORT threads otherwise spin for a while after each call, taking the cores from the NumPy
+        # blending/post-processing (and torch) that runs between tiles
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

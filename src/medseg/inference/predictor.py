@@ -86,6 +86,9 @@ class Predictor:
         self.runtime = runtime
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # a model the Predictor loaded itself runs channels_last (from_run); one it is lent (validation during
+        # training) keeps its format, so its parameters are never replaced
+        self.memory_format = torch.contiguous_format
         self.config = config
         self.divisor = int(getattr(model, "size_divisor", 1))
         self.bf16 = use_bf16(config.train.amp, self.device)
@@ -139,7 +142,10 @@ class Predictor:
             pretrained=False,
         )
         model.load_state_dict(state["model"])
+        # channels_last: faster for segformer_b0 on this CPU, neutral for U-Nets (benchmarks/inference.py)
+        model = model.to(memory_format=torch.channels_last)
         predictor = cls(model, config, pick_device(device), backend=backend, runtime=runtime)
+        predictor.memory_format = torch.channels_last
         predictor.watershed = watershed_params(config, run_dir=run)
         predictor.typing = typing_params(run)
         return predictor
@@ -196,8 +202,8 @@ class Predictor:
             out = self.runtime(images)
         else:
             with autocast(self.device, self.bf16):
-                out = self.model(images.to(self.device))
-        return out[..., :height, :width].float()
+                out = self.model(images.to(self.device, memory_format=self.memory_format))
+        return out[..., :height, :width].float().contiguous()
 
     def tile_size(self, tile: int | None = None) -> int:
         """``inference.tile`` (or ``tile``) rounded up to a multiple of the divisor (0 = never tile)."""

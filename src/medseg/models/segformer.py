@@ -107,10 +107,51 @@ class SegFormer(nn.Module):
         self.decode_head = network.decode_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` float -> ``(N, K, H, W)`` logits (decoded at H/4 x W/4, upsampled bilinearly)."""
+        """``(N, C, H, W)`` float -> ``(N, K, H, W)`` logits (decoded at H/4 x W/4, upsampled bilinearly).
+
+        In eval mode without autograd (prediction, export) the decode head runs folded
+        (:meth:`_decode_folded`): the same function of the same weights, about twice as fast on a CPU.
+        Training and Grad-CAM (which hooks ``decode_head.linear_fuse``) run transformers' head as it is.
+        """
         features = self.encoder(x, output_hidden_states=True, return_dict=True).hidden_states
-        logits = self.decode_head(features)
+        if self.training or torch.is_grad_enabled():
+            logits = self.decode_head(features)
+        else:
+            logits = self._decode_folded(features)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _decode_folded(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The all-MLP decode head with its projection and fusion folded together, at each stage's resolution.
+
+        transformers' head projects each stage ``(N, C_i, h_i, w_i)`` to D channels, upsamples all four to
+        H/4 x W/4, concatenates them (4D channels, last stage first) and fuses them with a 1x1 conv. Both
+        the projection and the fusion are per-pixel linear maps, and bilinear upsampling is linear with
+        weights summing to 1, so it commutes with them (bias included): fusing block i of the 1x1 conv into
+        stage i's projection and upsampling the D-channel result gives the same sum. That removes the 4D ->
+        D conv at H/4 (8.6 of segformer_b0's 13.5 GFLOPs at 512²) and the upsampling of 4D channels, whose
+        strided copies took ~40% of the CPU time. No library offers this, hence by hand; equality with the
+        original head is tested.
+
+        Args:
+            features: the encoder's hidden states, ``(N, C_i, H / 2^(i+2), W / 2^(i+2))`` for i = 0..3.
+
+        Returns:
+            ``(N, K, H / 4, W / 4)`` logits.
+        """
+        head = self.decode_head
+        fuse = head.linear_fuse.weight.flatten(1)  # (D, n * D): stage n-1 first, stage 0 last
+        width = fuse.shape[0]
+        target = features[0].shape[-2:]
+        total: torch.Tensor | None = None
+        for stage, (feature, mlp) in enumerate(zip(features, head.linear_projections, strict=True)):
+            start = (len(features) - 1 - stage) * width
+            block = fuse[:, start : start + width]
+            weight = (block @ mlp.proj.weight)[:, :, None, None]
+            fused = F.conv2d(feature, weight.to(feature.dtype), (block @ mlp.proj.bias).to(feature.dtype))
+            if fused.shape[-2:] != target:
+                fused = F.interpolate(fused, size=target, mode="bilinear", align_corners=False)
+            total = fused if total is None else total + fused
+        return head.classifier(head.activation(head.batch_norm(total)))
 
 
 def build_segformer(
