@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("msd", "Medical Segmentation Decathlon 3D NIfTI, sliced to 2D", "folder with dataset.json"),
         ("nnunet", "nnU-Net v2 raw 3D NIfTI (CASE_0000.nii.gz), sliced to 2D", "folder with dataset.json"),
+        (
+            "uw-madison-gi",
+            "Kaggle UW-Madison GI tract: RLE train.csv + 16-bit PNG scans, organs as overlapping regions",
+            "competition folder with train.csv and train/",
+        ),
     ):
         f = formats.add_parser(name, parents=[common], help=help_text)
         f.add_argument("src", help=src_help)
@@ -204,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--keep-empty", type=float, default=0.1, help="fraction of slices without foreground to keep"
         )
         nifti.add_argument("--seed", type=int, default=0, help="seed of the empty-slice choice")
+    uw = importers["uw-madison-gi"]  # 2D scans kept as stored: no axis, no intensity scaling
+    uw.add_argument(
+        "--context", type=int, default=0, help="K neighbouring slices each side as extra channels (2.5D)"
+    )
+    uw.add_argument(
+        "--keep-empty", type=float, default=0.1, help="fraction of slices without any organ to keep"
+    )
+    uw.add_argument("--seed", type=int, default=0, help="seed of the empty-slice choice")
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset")
     p.add_argument("dataset", nargs="?", help="dataset folder (optional with --resume)")
@@ -257,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--explain", action="store_true", help="classification runs: Grad-CAM heatmaps in OUT/heatmaps/"
+    )
+    p.add_argument(
+        "--tiles",
+        nargs="?",
+        const=0,  # --tiles alone: the run's input size (0 is never a SIZE: _tile_size rejects it)
+        type=_tile_size,
+        metavar="SIZE",
+        help="classification runs: classify a grid of tiles of each image (default SIZE: the run's input "
+        "size) into OUT/tiles/: per-tile CSV, class map, overlay; put it after the inputs",
     )
     p.set_defaults(func=_predict)
 
@@ -763,6 +785,8 @@ def _predict(args: argparse.Namespace) -> int:
         overrides.append("inference.tta=true")
     if args.tile is not None:
         overrides.append(f"inference.tile={args.tile}")
+    if args.tiles is not None:
+        return _predict_tiles(args, overrides)
     if is_classification_run(args.run):
         from medseg.workflows.classify import predict_classifier
 
@@ -787,6 +811,41 @@ def _predict(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"masks, overlays and {summary.name} written to {args.out}")
+    return 0
+
+
+def _tile_size(text: str) -> int:
+    """``--tiles SIZE``: a whole number of pixels >= 1."""
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"tile size {text!r} is not a whole number of pixels >= 1")
+    return size
+
+
+def _predict_tiles(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``predict --tiles``: per-tile classification of each image by a classification run."""
+    from medseg.workflows.classify import is_classification_run
+
+    if not is_classification_run(args.run):
+        if not (Path(args.run) / "config.yaml").is_file():
+            from medseg.inference.predictor import load_run_config
+
+            load_run_config(args.run)  # the one-line "not a run" error
+        raise MedsegError(
+            f"predict --tiles: {args.run} is a segmentation run; --tiles needs a classification run "
+            "(segmentation runs tile large images by themselves: --tile SIZE)"
+        )
+    if args.explain or args.backend != "torch":
+        raise MedsegError("predict --tiles: cannot be combined with --explain or --backend onnxruntime")
+    from medseg.workflows.classify_tiles import predict_tile_classes
+
+    path = predict_tile_classes(
+        args.run, args.inputs, args.out, tile=args.tiles or None, device=args.device, overrides=overrides
+    )
+    print(f"{path.name} and per-tile CSVs, class maps and overlays (tiles/) written to {args.out}")
     return 0
 
 

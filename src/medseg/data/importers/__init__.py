@@ -19,6 +19,7 @@ from medseg.data.importers.deepcell import DEEPCELL_LABELS, import_deepcell
 from medseg.data.importers.folders import MASK_SUFFIXES, import_folders
 from medseg.data.importers.imagefolder import import_imagefolder
 from medseg.data.importers.msd import import_msd, stack_slices
+from medseg.data.importers.uwmadison import UWMADISON_CLASSES, UWMADISON_LABELS, import_uwmadison
 from medseg.errors import ConfigError
 
 IMPORTERS: dict[str, Callable[..., Path]] = {
@@ -30,6 +31,7 @@ IMPORTERS: dict[str, Callable[..., Path]] = {
     "imagefolder": import_imagefolder,
     "msd": import_msd,
     "nnunet": import_msd,  # one reader for both: dataset.json tells the layouts apart
+    "uw-madison-gi": import_uwmadison,
 }
 
 
@@ -67,6 +69,8 @@ __all__ = [
     "DEEPCELL_LABELS",
     "IMPORTERS",
     "MASK_SUFFIXES",
+    "UWMADISON_CLASSES",
+    "UWMADISON_LABELS",
     "coco_string_to_counts",
     "decode_coco_rle",
     "import_cellpose",
@@ -77,6 +81,7 @@ __all__ = [
     "import_folders",
     "import_imagefolder",
     "import_msd",
+    "import_uwmadison",
     "load_seg_file",
     "stack_slices",
 ]
