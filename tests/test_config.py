@@ -84,3 +84,14 @@ def test_off_and_on_stay_words_for_string_fields(tmp_path: Path):
     path.write_text("train:\n  amp: off\n  progress: no\n")
     config = load_config(path)
     assert config.train.amp == "off" and config.train.progress is False
+
+
+def test_regions_must_be_the_labels_after_background_in_order():
+    ok = load_config(None, ["data.labels={background: 0, a: 1, b: 2}", "data.regions={a: [1, 3], b: [2, 3]}"])
+    assert ok.data.regions == {"a": [1, 3], "b": [2, 3]}
+    with pytest.raises(ConfigError, match="classes 1..2 of data.labels in order"):
+        load_config(None, ["data.labels={background: 0, b: 1, a: 2}", "data.regions={a: [1, 3], b: [2, 3]}"])
+    with pytest.raises(ConfigError, match="semantic task"):
+        load_config(None, ["task=instance", "data.regions={a: [1]}"])
+    with pytest.raises(ConfigError, match="mask value of a region"):
+        load_config(None, ["data.regions={a: [1, 3]}", "data.ignore_index=3"])

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medseg.losses import DiceCELoss
+from medseg.losses import DiceCELoss, RegionDiceBCELoss
 
 
 def test_dice_matches_monai_batch_dice():
@@ -110,3 +110,50 @@ def test_fgbg_cross_entropy_is_weighted_by_inverse_frequency():
     weighted = DeepWatershedLoss(layout, {"inner": 0, "outer": 0}).terms(logits, target)["fgbg"]
     plain = torch.nn.functional.cross_entropy(logits[:, 2:4], target[:, 2].long())
     assert float(weighted) > 2 * float(plain)  # the rare class's errors count as much as the common's
+
+
+BITMASK_LOOKUP = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=torch.bool)  # values 0..3 -> 2 regions
+
+
+def test_region_loss_is_monai_sigmoid_batch_dice_plus_bce():
+    from monai.losses import DiceLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8))
+    onehot = torch.stack([(target & 1) > 0, (target & 2) > 0], dim=1).float()
+    expected = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(
+        logits, onehot
+    ) + F.binary_cross_entropy_with_logits(logits, onehot)
+    loss = RegionDiceBCELoss(BITMASK_LOOKUP)(logits, target)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_region_loss_ignores_pixels_and_weights_regions():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 2, 6, 6, requires_grad=True)
+    target = torch.randint(0, 4, (1, 6, 6))
+    target[0, :2] = 255
+    loss_fn = RegionDiceBCELoss(BITMASK_LOOKUP, ignore_index=255)
+    loss = loss_fn(logits, target)
+    loss.backward()
+    assert torch.all(logits.grad[0, :, :2] == 0)  # ignored rows get no gradient
+    changed = logits.detach().clone()
+    changed[0, :, :2] = 50.0
+    torch.testing.assert_close(loss_fn(changed, target), loss.detach())
+    bce_only = RegionDiceBCELoss(BITMASK_LOOKUP, dice_weight=0, region_weights=[2.0, 0.0])
+    known = target < 4
+    onehot = torch.stack([known & ((target & 1) > 0), known & ((target & 2) > 0)], dim=1).float()
+    # weights scale each region's BCE term; the mean runs over pixels and regions (without an ignore
+    # label, 255 is a value of no region: background)
+    per_region = F.binary_cross_entropy_with_logits(logits.detach(), onehot, reduction="none").mean((0, 2, 3))
+    torch.testing.assert_close(bce_only(logits.detach(), target), per_region[0])
+    with pytest.raises(ValueError, match="3 values for 2 regions"):
+        RegionDiceBCELoss(BITMASK_LOOKUP, region_weights=[1, 1, 1])
+
+
+def test_region_loss_is_near_zero_for_a_perfect_prediction():
+    target = torch.randint(0, 4, (2, 8, 8), generator=torch.Generator().manual_seed(2))
+    onehot = torch.stack([(target & 1) > 0, (target & 2) > 0], dim=1).float()
+    perfect = (onehot * 2 - 1) * 30
+    assert float(RegionDiceBCELoss(BITMASK_LOOKUP)(perfect, target)) < 1e-4

@@ -127,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nu.add_argument("--sequences", type=int, default=1, help="with --frames: number of movies (01, 02, ...)")
     nu.set_defaults(func=_phantom_nuclei)
+    gi = phantom.add_parser(
+        "gi",
+        parents=[common],
+        help="abdominal MR in the Kaggle UW-Madison GI Tract layout (train.csv RLEs, 16-bit PNG scans); "
+        "then: medseg data import uw-madison-gi OUT DATASET",
+    )
+    gi.add_argument(
+        "--out", required=True, help="competition folder to write (train.csv, train/, phantom.json)"
+    )
+    gi.add_argument("--cases", type=int, default=4, help="number of patients (default 4)")
+    gi.add_argument("--days", type=int, default=2, help="scan days per patient (default 2)")
+    gi.add_argument("--slices", type=int, default=24, help="slices per scan day (default 24)")
+    gi.add_argument(
+        "--size", type=_height_width, default=(96, 112), help="slice size H,W or one side N (default 96,112)"
+    )
+    gi.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gi.set_defaults(func=_phantom_gi)
 
     p = sub.add_parser("data", parents=[common], help="check and import datasets")
     data = p.add_subparsers(title="data commands", metavar="ACTION", required=True)
@@ -465,6 +482,36 @@ def _phantom_nuclei(args: argparse.Namespace) -> int:
         return 0
     out = write_nuclei_dataset(args.out, args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} fluorescent nuclei phantoms ({args.size}x{args.size}, instance labels) to {out}")
+    return 0
+
+
+def _height_width(text: str) -> tuple[int, int]:
+    """``"96,112"`` -> (96, 112); ``"96"`` -> (96, 96)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected H,W or N in pixels, got {text!r}")
+    return (values[0], values[-1])
+
+
+def _phantom_gi(args: argparse.Namespace) -> int:
+    import json
+
+    from medseg.data.phantoms import write_gi_dataset
+
+    out = write_gi_dataset(
+        args.out, cases=args.cases, days=args.days, slices=args.slices, size=args.size, seed=args.seed
+    )
+    counts = json.loads((out / "phantom.json").read_text(encoding="utf-8"))["counts"]
+    print(
+        f"wrote {counts['slices']} slices ({args.size[0]}x{args.size[1]}, 16-bit) of {args.cases} cases x "
+        f"{args.days} days to {out}: {counts['slices_with_organ']} with an organ, large/small bowel overlap "
+        f"in {counts['large_small_bowel_overlap']}"
+    )
+    print(f"next: medseg data import uw-madison-gi {out} DATASET")
     return 0
 
 

@@ -29,6 +29,9 @@ class DataConfig:
     path: str = ""
     labels: dict[str, int] = field(default_factory=dict)  # class name -> id, from dataset.json or --classes
     colors: dict[str, list[int]] = field(default_factory=dict)  # class name -> display RGB
+    # overlapping classes: region name -> the mask values that belong to it (nnU-Net region labels, see
+    # medseg.data.regions); regions are classes 1..R of ``labels`` in order, one sigmoid channel each
+    regions: dict[str, list[int]] = field(default_factory=dict)
     in_channels: int = 0  # filled in from the dataset
     normalization: str = "percentile"  # percentile | zscore | none (per image, so prediction reproduces it)
     norm_low: float = 0.5
@@ -205,8 +208,10 @@ class Config:
             raise ConfigError("model.freeze_encoder must be >= -1 and model.encoder_lr_ratio >= 0")
         if self.train.early_stopping < 0 or self.train.max_steps < 0:
             raise ConfigError("train.early_stopping and train.max_steps must be >= 0")
-        if self.data.ignore_index in self.data.labels.values():
+        if self.data.ignore_index in self.data.labels.values() and not self.data.regions:
             raise ConfigError(f"data.ignore_index: {self.data.ignore_index} is the id of a class")
+        if self.data.regions:
+            _check_regions(self)
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
         if self.data.folds < 2 or not 0 <= self.data.fold < self.data.folds:
@@ -223,6 +228,26 @@ class Config:
                 f"tile {inference.tile}, batch_size {inference.batch_size}, overlap {inference.overlap}"
             )
         return self
+
+
+def _check_regions(config: Config) -> None:
+    from medseg.data.regions import Regions
+
+    data = config.data
+    try:
+        regions = Regions.from_mapping(data.regions)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"data.regions: {exc}") from None
+    expected = {name: r + 1 for r, name in enumerate(regions.names)}
+    if data.labels and {k: v for k, v in data.labels.items() if v} != expected:
+        raise ConfigError(
+            f"data.regions: regions {list(regions.names)} must be classes 1..{len(regions)} of data.labels "
+            f"in order, got {data.labels}"
+        )
+    if config.task and config.task != "semantic":
+        raise ConfigError(f"data.regions: overlapping regions are a semantic task, not {config.task!r}")
+    if data.ignore_index >= 0 and data.ignore_index in regions.mask_values.tolist():
+        raise ConfigError(f"data.ignore_index: {data.ignore_index} is a mask value of a region")
 
 
 def _check_classify(config: Config) -> None:

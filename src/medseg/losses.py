@@ -1,4 +1,5 @@
-"""Segmentation losses: Dice + cross-entropy with class weights and an ignore index."""
+"""Segmentation losses: Dice + cross-entropy with class weights and an ignore index; Dice + BCE over
+overlapping regions; the deep-watershed heads' loss."""
 
 from __future__ import annotations
 
@@ -77,6 +78,74 @@ class DiceCELoss(nn.Module):
         inter = (probs * onehot).sum(dims)[self.first_dice_class :]
         denom = (probs.sum(dims) + onehot.sum(dims))[self.first_dice_class :]
         return (1.0 - (2.0 * inter + 1e-5) / (denom + 1e-5)).mean()
+
+
+class RegionDiceBCELoss(nn.Module):
+    """``dice_weight * soft Dice + bce_weight * binary cross-entropy`` on one sigmoid channel per region.
+
+    nnU-Net's loss for region-based training (overlapping classes, :mod:`medseg.data.regions`): targets are
+    integer mask values, turned into one binary map per region by a lookup table, so a pixel may be
+    positive in several channels. Dice is batch soft Dice per region (as :class:`DiceCELoss`), averaged over
+    regions; BCE is averaged over pixels and regions, each region's term scaled by its weight. Pixels with
+    ``ignore_index`` count in neither term. Written here for the ignore label and the lookup (MONAI's
+    ``DiceCELoss(sigmoid=True)`` wants one-hot targets and has no ignore).
+
+    Args:
+        lookup: ``(V, R)`` bool, row v = the regions mask value v belongs to
+            (:meth:`~medseg.data.regions.Regions.lookup`); values >= V belong to none.
+        dice_weight, bce_weight: weights of the two terms.
+        region_weights: R weights for the BCE term; empty = uniform.
+        ignore_index: label value excluded from both terms; negative = none.
+    """
+
+    def __init__(
+        self,
+        lookup: torch.Tensor,
+        *,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        region_weights: Sequence[float] = (),
+        ignore_index: int = -1,
+    ) -> None:
+        super().__init__()
+        lookup = torch.as_tensor(lookup, dtype=torch.bool)
+        regions = lookup.shape[1]
+        if region_weights and len(region_weights) != regions:
+            raise ValueError(f"loss.class_weights has {len(region_weights)} values for {regions} regions")
+        weights = torch.tensor(list(region_weights) or [1.0] * regions, dtype=torch.float32)
+        self.register_buffer("lookup", lookup.float(), persistent=False)
+        self.register_buffer("region_weights", weights.view(1, -1, 1, 1), persistent=False)
+        self.dice_weight = dice_weight
+        self.bce_weight = bce_weight
+        self.ignore_index = ignore_index
+
+    def targets(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer mask values ``(N, H, W)`` -> binary region maps ``(N, R, H, W)`` and the scored pixels
+        ``(N, 1, H, W)``."""
+        target = target.long()
+        valid = target != self.ignore_index if self.ignore_index >= 0 else torch.ones_like(target, dtype=bool)
+        inside = (target >= 0) & (target < self.lookup.shape[0])
+        index = torch.where(inside & valid, target, torch.zeros_like(target))
+        maps = self.lookup[index].permute(0, 3, 1, 2)  # (N, R, H, W)
+        return maps, valid[:, None].float()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss for ``logits`` (N, R, H, W) and integer mask values ``target`` (N, H, W)."""
+        logits = logits.float()
+        maps, valid = self.targets(target)
+        loss = logits.new_zeros(())
+        scored = valid.sum()
+        if self.bce_weight and bool(scored > 0):
+            bce = F.binary_cross_entropy_with_logits(logits, maps, reduction="none")
+            bce = (bce * self.region_weights * valid).sum() / (scored * logits.shape[1])
+            loss = loss + self.bce_weight * bce
+        if self.dice_weight:
+            probs = torch.sigmoid(logits) * valid
+            dims = (0, 2, 3)
+            inter = (probs * maps).sum(dims)
+            denom = probs.sum(dims) + (maps * valid).sum(dims)
+            loss = loss + self.dice_weight * (1.0 - (2.0 * inter + 1e-5) / (denom + 1e-5)).mean()
+        return loss
 
 
 class DeepWatershedLoss(nn.Module):

@@ -322,3 +322,25 @@ def test_docstring_examples():
 def test_module_does_not_import_torch():
     code = "import medseg.metrics.semantic, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_per_region_metrics_score_each_overlapping_region_as_a_binary_mask():
+    from medseg.data.regions import Regions
+    from medseg.metrics import per_class_metrics, per_region_metrics
+
+    regions = Regions.from_mapping({"a": [1, 3], "b": [2, 3]})
+    truth = np.array([[0, 1, 3, 3], [2, 2, 0, 255]])
+    pred = np.array([[0, 3, 3, 1], [2, 0, 0, 0]])
+    scores = per_region_metrics(truth, pred, regions, hd95=False)
+    # a: truth {(0,1),(0,2),(0,3)}, pred {(0,1),(0,2),(0,3)} -> perfect; b: truth {(0,2),(0,3),(1,0),(1,1)},
+    # pred {(0,1),(0,2),(1,0)} -> tp 2, fp 1, fn 2; background: truth {(0,0),(1,2)}, pred {(0,0),(1,1),(1,2)}
+    # (255 is not scored anywhere)
+    np.testing.assert_allclose(scores["dice"], [2 * 2 / (2 * 2 + 1), 1.0, 2 * 2 / (2 * 2 + 1 + 2)])
+    np.testing.assert_allclose(scores["accuracy"][2], 4 / 7)
+    # without overlap the region scores equal the one-label scores
+    plain = Regions.from_mapping({"a": [1], "b": [2]})
+    y_true, y_pred = np.array([[0, 1, 2, 2]]), np.array([[1, 1, 2, 0]])
+    region_scores = per_region_metrics(y_true, y_pred, plain, hd95=True)
+    class_scores = per_class_metrics(y_true, y_pred, 3, hd95=True)
+    for name in region_scores:
+        np.testing.assert_allclose(region_scores[name], class_scores[name], equal_nan=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.regions import parse_region_labels
 from medseg.data.splits import group_of, suggest_group_by
 from medseg.errors import DataError
 from medseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image, read_label
@@ -62,6 +63,7 @@ class Dataset:
     slicing: dict = field(
         default_factory=dict
     )  # volumes cut into slices: axis, context, window, percentile, affine
+    regions: dict[str, list[int]] = field(default_factory=dict)  # overlapping classes (medseg.data.regions)
 
     @property
     def class_names(self) -> list[str]:
@@ -113,12 +115,20 @@ def _open_nnunet(root: Path) -> Dataset:
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise DataError(f'{meta_path}: missing \'labels\' mapping, e.g. {{"background": 0, "cell": 1}}')
-    if not all(isinstance(v, int) and v >= 0 for v in labels.values()):
-        raise DataError(
-            f"{meta_path}: 'labels' must map names to non-negative integer ids (regions unsupported)"
-        )
     labels = dict(labels)
     ignore_label = labels.pop("ignore", None)  # nnU-Net v2: unannotated pixels, not a class
+    if ignore_label is not None and not (isinstance(ignore_label, int) and ignore_label >= 0):
+        raise DataError(f"{meta_path}: 'ignore' must be a non-negative integer label value")
+    try:
+        labels, parsed_regions = parse_region_labels(labels, str(meta_path))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    if not all(isinstance(v, int) and v >= 0 for v in labels.values()):
+        raise DataError(
+            f"{meta_path}: 'labels' must map names to non-negative integer ids, or to lists of mask "
+            'values (regions: "liver": [1, 2])'
+        )
+    regions = parsed_regions.to_mapping() if parsed_regions else {}
     channel_names = {
         str(k): str(v) for k, v in (meta.get("channel_names") or meta.get("modality") or {}).items()
     }
@@ -176,6 +186,7 @@ def _open_nnunet(root: Path) -> Dataset:
         differential,
         group_by,
         slicing,
+        regions,
     )
 
 
@@ -258,22 +269,33 @@ def load_instances(
 
 
 def undeclared_values(
-    label: np.ndarray, labels: dict[str, int], ignore_index: int | None = None
+    label: np.ndarray,
+    labels: dict[str, int],
+    ignore_index: int | None = None,
+    regions: dict[str, list[int]] | None = None,
 ) -> list[int]:
-    """Values of ``label`` (H, W) that are neither a class id of ``labels`` nor ``ignore_index``."""
-    allowed = set(labels.values())
+    """Values of ``label`` (H, W) that are neither a class id of ``labels`` (with ``regions``: a mask value
+    of a region, or 0) nor ``ignore_index``."""
+    allowed = {0}.union(*map(set, regions.values())) if regions else set(labels.values())
     if ignore_index is not None and ignore_index >= 0:
         allowed.add(ignore_index)
     return sorted(set(np.unique(label).tolist()) - allowed)
 
 
 def label_values_error(
-    path: Path | None, label: np.ndarray, labels: dict[str, int], ignore_index: int | None = None
+    path: Path | None,
+    label: np.ndarray,
+    labels: dict[str, int],
+    ignore_index: int | None = None,
+    regions: dict[str, list[int]] | None = None,
 ) -> str | None:
-    """The one-line problem when ``label`` holds values that are not classes, else None."""
-    unknown = undeclared_values(label, labels, ignore_index)
+    """The one-line problem when ``label`` holds values that are not classes (or region values), else None."""
+    unknown = undeclared_values(label, labels, ignore_index, regions)
     if not unknown:
         return None
+    if regions:
+        allowed = sorted(set().union(*map(set, regions.values())))
+        return f"{path}: label values {unknown} belong to no region (region mask values: {allowed})"
     return f"{path}: label values {unknown} are not declared classes {sorted(labels.values())}"
 
 
@@ -366,7 +388,7 @@ def check_dataset(
             label = (label > 0).astype(np.int32)  # instance ids: count foreground, check the ids below
         values, counts = np.unique(label, return_counts=True)
         pixel_counts.update(dict(zip(values.tolist(), counts.tolist())))
-        problem = label_values_error(case.label, label, dataset.labels, ignore_index)
+        problem = label_values_error(case.label, label, dataset.labels, ignore_index, dataset.regions)
         if problem:
             problems.append(problem)
     for case in dataset.cases:
@@ -393,6 +415,12 @@ def check_dataset(
             for v in sorted(declared | set(pixel_counts))
         },
     }
+    if dataset.regions:  # overlapping: each region's share counts every mask value it holds
+        fractions = {"background": pixel_counts.get(0, 0) / total}
+        for name, values in dataset.regions.items():
+            fractions[name] = sum(pixel_counts.get(v, 0) for v in values) / total
+        summary["class_fractions"] = fractions
+        summary["regions"] = dict(dataset.regions)
     if objects:
         summary["task"] = dataset.task
         summary["objects"] = dict(sorted(objects.items()))

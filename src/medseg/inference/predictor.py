@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.config import Config, apply_overrides, from_dict, read_yaml
+from medseg.data.regions import Regions
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.engine.device import autocast, pick_device, use_bf16
 from medseg.errors import ConfigError, DataError, RunError
@@ -40,8 +41,10 @@ class Prediction:
     """Result for one image.
 
     Attributes:
-        labels: ``(H, W)`` int32 class ids (semantic) or instance ids (instance task, 0 = background).
-        probabilities: ``(K, H, W)`` float32 softmax probabilities (semantic) or the activated head maps
+        labels: ``(H, W)`` int32 class ids (semantic), mask values (a region run: uint8/uint16, see
+            :mod:`medseg.data.regions`) or instance ids (instance task, 0 = background).
+        probabilities: ``(K, H, W)`` float32 softmax probabilities (semantic), ``(R, H, W)`` sigmoid
+            probabilities (a region run), or the activated head maps
             (instance: see :class:`~medseg.models.heads.HeadLayout`); None for a semantic prediction made
             without them (see :meth:`Predictor.predict`'s ``probabilities``).
         types: instance task with typed instances: instance id -> type name; otherwise empty.
@@ -93,6 +96,7 @@ class Predictor:
         self.divisor = int(getattr(model, "size_divisor", 1))
         self.bf16 = use_bf16(config.train.amp, self.device)
         self.layout = HeadLayout.for_config(config)
+        self.regions = Regions.from_mapping(config.data.regions) if config.data.regions else None
         self.watershed = watershed_params(config, run_dir=None)
         self.typing = typing_params(None)
 
@@ -255,7 +259,7 @@ class Predictor:
         tile = self.tile_size(tile)
         if keep or not (tile and (height > tile or width > tile)):
             maps = self.predict_maps(image, source, tta=tta, tile=tile)
-            labels = class_ids(maps)
+            labels = self.labels_of(maps)
             if labels_out is not None:
                 labels_out[...] = labels
                 labels = labels_out
@@ -263,8 +267,13 @@ class Predictor:
         normalised = self._preprocess_lazily(image, source)
         labels = np.empty((height, width), np.int32) if labels_out is None else labels_out
         for top, band in sliding_window_bands(normalised, **self._window_args(normalised, tile, tta)):
-            labels[top : top + band.shape[1]] = class_ids(band)
+            labels[top : top + band.shape[1]] = self.labels_of(band)
         return Prediction(labels=labels, probabilities=None)
+
+    def labels_of(self, maps: np.ndarray) -> np.ndarray:
+        """Semantic ``(K, H, W)`` probabilities -> ``(H, W)`` class ids (argmax), or for a region run
+        ``(R, H, W)`` sigmoid probabilities -> mask values (:meth:`~medseg.data.regions.Regions.encode`)."""
+        return class_ids(maps) if self.regions is None else self.regions.encode(maps)
 
     @torch.inference_mode()
     def predict_maps(

@@ -25,6 +25,7 @@ from medseg.metrics.semantic import (
     confusion_matrix,
     hd95,
     per_class_metrics,
+    per_region_metrics,
 )
 from medseg.metrics.tracking import (
     AOGM_WEIGHTS,
@@ -58,6 +59,7 @@ __all__ = [
     "one_vs_rest_auc",
     "overlap_table",
     "per_class_metrics",
+    "per_region_metrics",
     "reliability_bins",
     "tracking_metrics",
 ]

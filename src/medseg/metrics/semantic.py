@@ -20,6 +20,8 @@ Conventions, per class and per image:
   a missed tumour with the diagonal of its volume), so a missed or hallucinated structure is penalised
   in the mean. MONAI differs here: plain Hausdorff gives inf, and HD95 gives NaN (the quantile of
   all-inf distances), which a NaN-skipping mean would silently drop.
+- Overlapping classes (regions, :mod:`medseg.data.regions`): each region is its own binary mask and
+  class 0 is the background, the pixels in no region (:func:`per_region_metrics`).
 - :meth:`SemanticMetrics.aggregate` averages each class over images (NaNs skipped), then ``mean``
   averages the foreground classes (all but class 0) of those per-class means, again skipping NaNs.
 """
@@ -32,9 +34,18 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.regions import Regions
+
 METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "precision", "accuracy", "hd95")
 
-__all__ = ["METRIC_NAMES", "SemanticMetrics", "confusion_matrix", "hd95", "per_class_metrics"]
+__all__ = [
+    "METRIC_NAMES",
+    "SemanticMetrics",
+    "confusion_matrix",
+    "hd95",
+    "per_class_metrics",
+    "per_region_metrics",
+]
 
 
 def _check_labels(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,18 +184,7 @@ def per_class_metrics(
     """
     cm = confusion_matrix(y_true, y_pred, num_classes)
     tp = np.diag(cm)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    total = cm.sum()
-    tn = total - tp - fp - fn
-    result = {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": _ratio(tp, tp + fp + fn),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "precision": _ratio(tp, tp + fp),
-        "accuracy": _ratio(tp + tn, np.full(tp.shape, total)),
-    }
+    result = _scores(tp, cm.sum(axis=0) - tp, cm.sum(axis=1) - tp, cm.sum())
     if hd95:
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
         valid = (y_true >= 0) & (y_true < num_classes)
@@ -192,6 +192,60 @@ def per_class_metrics(
         result["hd95"] = np.array(
             [_hd95(y_true == k, (y_pred == k) & valid, sampling) for k in range(num_classes)]
         )
+    return result
+
+
+def _scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, total: int) -> dict[str, np.ndarray]:
+    tn = total - tp - fp - fn
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+        "accuracy": _ratio(tp + tn, np.full(tp.shape, total)),
+    }
+
+
+def per_region_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    regions: Regions,
+    *,
+    spacing: float | Sequence[float] | None = None,
+    hd95: bool = True,
+) -> dict[str, np.ndarray]:
+    """All metrics for background and every region of one image with overlapping classes.
+
+    Each region is scored as its own binary mask (a pixel can count for several), as nnU-Net scores
+    region-based training; index 0 is the background (pixels in no region).
+
+    Args:
+        y_true: (H, W[, D]) int ground-truth mask values (:mod:`medseg.data.regions`); values that are
+            not mask values of ``regions`` (an ignore label, -1) are not scored.
+        y_pred: (H, W[, D]) int predicted mask values.
+        regions: which mask values belong to which region.
+        spacing, hd95: as for :func:`per_class_metrics`.
+
+    Returns:
+        ``{metric: (R + 1,) float64}``, NaN where undefined.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"shape mismatch: y_true {y_true.shape} vs y_pred {y_pred.shape}")
+    valid = np.isin(y_true, regions.mask_values)
+    true = regions.members(np.where(valid, y_true, 0))
+    pred = regions.members(y_pred)
+    true = np.concatenate([~true.any(axis=0)[None], true]) & valid
+    pred = np.concatenate([~pred.any(axis=0)[None], pred]) & valid
+    axes = tuple(range(1, true.ndim))
+    tp = (true & pred).sum(axis=axes)
+    fp = (pred & ~true).sum(axis=axes)
+    fn = (true & ~pred).sum(axis=axes)
+    result = _scores(tp, fp, fn, int(valid.sum()))
+    if hd95:
+        sampling = _spacing(spacing, y_true.ndim)
+        result["hd95"] = np.array([_hd95(t, p, sampling) for t, p in zip(true, pred, strict=True)])
     return result
 
 
@@ -212,11 +266,19 @@ class SemanticMetrics:
     """
 
     def __init__(
-        self, num_classes: int, *, spacing: float | Sequence[float] | None = None, hd95: bool = True
+        self,
+        num_classes: int,
+        *,
+        spacing: float | Sequence[float] | None = None,
+        hd95: bool = True,
+        regions: Regions | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
         self.spacing = spacing
         self.hd95 = hd95
+        self.regions = regions
+        if regions is not None and self.num_classes != len(regions) + 1:
+            raise ValueError(f"num_classes {num_classes} must be 1 + {len(regions)} regions")
         self._per_image: list[dict[str, np.ndarray]] = []
 
     def reset(self) -> None:
@@ -234,7 +296,10 @@ class SemanticMetrics:
         Returns:
             The image's ``{metric: (K,) float64}`` from :func:`per_class_metrics`.
         """
-        scores = per_class_metrics(y_true, y_pred, self.num_classes, spacing=self.spacing, hd95=self.hd95)
+        if self.regions is not None:
+            scores = per_region_metrics(y_true, y_pred, self.regions, spacing=self.spacing, hd95=self.hd95)
+        else:
+            scores = per_class_metrics(y_true, y_pred, self.num_classes, spacing=self.spacing, hd95=self.hd95)
         self._per_image.append(scores)
         return scores
 

@@ -11,6 +11,9 @@ Heads of the instance task, in channel order:
 - ``outer`` (1): outer distance, sigmoid, MSE;
 - ``fgbg`` (2, or 3 with a boundary class): softmax, weighted cross-entropy;
 - ``classes`` (K, only for typed instances): softmax over instance types, cross-entropy on foreground.
+
+A semantic run has one head, ``classes`` (softmax over K classes), or ``regions`` (R sigmoids) when its
+classes overlap (``data.regions``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-HEAD_ACTIVATIONS = {"inner": "sigmoid", "outer": "sigmoid", "fgbg": "softmax", "classes": "softmax"}
+HEAD_ACTIVATIONS = {
+    "inner": "sigmoid",
+    "outer": "sigmoid",
+    "fgbg": "softmax",
+    "classes": "softmax",
+    "regions": "sigmoid",  # overlapping classes: one independent sigmoid per region
+}
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,11 @@ class HeadLayout:
 
     @classmethod
     def for_config(cls, config) -> HeadLayout:
-        """The heads a run's config asks for (semantic: one softmax head over its classes)."""
+        """The heads a run's config asks for (semantic: one softmax head over its classes, or one sigmoid
+        channel per region when ``data.regions`` is set)."""
         if config.task != "instance":
+            if config.data.regions:
+                return cls((("regions", len(config.data.regions)),))
             return cls((("classes", len(config.data.labels)),))
         inst = config.instance
         heads = [("inner", 1), ("outer", 1), ("fgbg", 3 if inst.boundary else 2)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.regions import Regions
 from medseg.io import atomic_path
 from medseg.report.overlays import comparison_panel, image_to_rgb8
 
@@ -75,6 +76,7 @@ def snapshot_frame(
     *,
     epoch: int,
     score: float | None,
+    regions: Regions | None = None,
 ) -> np.ndarray:
     """One GIF frame: a comparison panel captioned ``"epoch 7  val dice 0.83"``.
 
@@ -85,6 +87,7 @@ def snapshot_frame(
         colors: ``(r, g, b)`` per class id.
         epoch: the epoch number shown.
         score: validation dice after that epoch, or ``None`` when not measured.
+        regions: overlapping classes: ``y_true`` and ``y_pred`` are mask values.
 
     Returns:
         ``(H', W', 3)`` uint8.
@@ -92,4 +95,4 @@ def snapshot_frame(
     caption = f"epoch {epoch}"
     if score is not None and np.isfinite(score):
         caption += f"  val dice {score:.2f}"
-    return comparison_panel(image, y_true, y_pred, colors, caption=caption)
+    return comparison_panel(image, y_true, y_pred, colors, caption=caption, regions=regions)

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from medseg.data.regions import Regions
+
 Color = tuple[int, int, int]
 
 # Okabe-Ito first (distinguishable with the common colour-vision deficiencies), then tab10 extras.
@@ -168,21 +170,27 @@ def color_overlay(
     *,
     alpha: float = 0.45,
     outline: bool = True,
+    regions: Regions | None = None,
 ) -> np.ndarray:
     """Blend class colours over an image.
 
     Args:
         image: ``(H, W)`` or ``(H, W, C)``, any dtype.
-        labels: ``(H, W)`` integer class ids, 0 = background (left untouched).
+        labels: ``(H, W)`` integer class ids, 0 = background (left untouched); with ``regions``, mask
+            values (see :mod:`medseg.data.regions`).
         colors: ``(r, g, b)`` per class id; ``None`` or too short -> :func:`default_colors` fill in.
         alpha: colour weight inside objects, 0..1.
         outline: draw each region's inner boundary in its class colour at full opacity.
+        regions: overlapping classes: a pixel in several regions is filled with the mean of their colours
+            and every region is outlined in its own colour, so an overlap shows both.
 
     Returns:
         ``(H, W, 3)`` uint8.
     """
     rgb = image_to_rgb8(image)
     labels = _check_labels(labels, rgb.shape, "labels")
+    if regions is not None:
+        return _region_overlay(rgb, labels, colors, regions, alpha, outline)
     table = _color_table(colors, int(labels.max(initial=0)))
     foreground = labels > 0
     out = rgb.copy()
@@ -196,8 +204,55 @@ def color_overlay(
     return out
 
 
+def region_value_colors(
+    regions: Regions, colors: Sequence[Sequence[int]] | None, size: int | None = None
+) -> np.ndarray:
+    """``(size, 3)`` uint8 display colour of each mask value of a region run: the mean colour of the
+    regions it belongs to (an overlap of red and green shows olive), black for values in none.
+
+    Args:
+        regions: the run's regions.
+        colors: ``(r, g, b)`` per class id, where class r + 1 is region r (see :func:`class_colors`).
+        size: number of mask values to cover; default the largest region value + 1.
+    """
+    table = _color_table(colors, len(regions)).astype(np.float64)[1:]
+    lut = regions.lookup(size)  # (V, R)
+    count = lut.sum(axis=1, keepdims=True)
+    mean = np.where(count > 0, lut @ table / np.maximum(count, 1), 0.0)
+    return np.clip(np.round(mean), 0, 255).astype(np.uint8)
+
+
+def _region_overlay(
+    rgb: np.ndarray,
+    values: np.ndarray,
+    colors: Sequence[Sequence[int]] | None,
+    regions: Regions,
+    alpha: float,
+    outline: bool,
+) -> np.ndarray:
+    table = _color_table(colors, len(regions)).astype(np.float64)[1:]  # (R, 3): region r = class r + 1
+    members = regions.members(values)  # (R, H, W)
+    value_colors = region_value_colors(regions, colors, int(values.max(initial=0)) + 1).astype(np.float64)
+    foreground = members.any(axis=0)
+    out = rgb.copy()
+    blended = (1.0 - alpha) * rgb[foreground] + alpha * value_colors[values[foreground]]
+    out[foreground] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    if outline:
+        from skimage.segmentation import find_boundaries
+
+        for r, member in enumerate(members):
+            if member.any():
+                out[find_boundaries(member, mode="inner") & member] = table[r].astype(np.uint8)
+    return out
+
+
 def error_overlay(
-    image: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, *, alpha: float = 0.6
+    image: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    alpha: float = 0.6,
+    regions: Regions | None = None,
 ) -> np.ndarray:
     """Colour foreground errors over a darkened grey copy of the image.
 
@@ -210,6 +265,9 @@ def error_overlay(
         y_true: ``(H, W)`` integer class ids, 0 = background.
         y_pred: ``(H, W)`` integer class ids, 0 = background.
         alpha: colour weight, 0..1 (1 gives the pure colours).
+        regions: overlapping classes (labels are mask values): true positive = the same non-empty set of
+            regions, false positive/negative = regions where the other has none, "wrong class" = both
+            have regions but not the same ones (e.g. an overlap predicted where there is one organ).
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -219,12 +277,18 @@ def error_overlay(
     y_pred = _check_labels(y_pred, rgb.shape, "y_pred")
     grey = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     out = np.repeat((grey * _BACKGROUND_DIM)[..., None], 3, axis=-1)
-    true_fg, pred_fg = y_true > 0, y_pred > 0
+    if regions is not None:
+        true_members, pred_members = regions.members(y_true), regions.members(y_pred)
+        true_fg, pred_fg = true_members.any(axis=0), pred_members.any(axis=0)
+        same = (true_members == pred_members).all(axis=0)
+    else:
+        true_fg, pred_fg = y_true > 0, y_pred > 0
+        same = y_true == y_pred
     masks = {
-        "true positive": true_fg & (y_true == y_pred),
+        "true positive": true_fg & same,
         "false positive": pred_fg & ~true_fg,
         "false negative": true_fg & ~pred_fg,
-        "wrong class": true_fg & pred_fg & (y_true != y_pred),
+        "wrong class": true_fg & pred_fg & ~same,
     }
     for name, mask in masks.items():
         out[mask] = (1.0 - alpha) * out[mask] + alpha * np.asarray(ERROR_COLORS[name], np.float64)
@@ -240,6 +304,7 @@ def comparison_panel(
     titles: Sequence[str] = ("image", "truth", "prediction", "errors"),
     caption: str = "",
     max_tile: int | None = 640,
+    regions: Regions | None = None,
 ) -> np.ndarray:
     """Side-by-side tiles: image | truth overlay | prediction overlay | error overlay, titled.
 
@@ -253,6 +318,7 @@ def comparison_panel(
         max_tile: tiles larger than this many pixels on their long side are shrunk (smooth resampling,
             after the overlay is drawn); ``None`` keeps full size. Images under 192 px are enlarged by
             an integer factor (nearest neighbour) so they stay legible.
+        regions: overlapping classes: labels are mask values (see :func:`color_overlay`).
 
     Returns:
         ``(H', W', 3)`` uint8 on a white background.
@@ -261,12 +327,12 @@ def comparison_panel(
     tiles = [rgb]
     names = [titles[0]]
     if y_true is not None:
-        tiles.append(color_overlay(rgb, y_true, colors))
+        tiles.append(color_overlay(rgb, y_true, colors, regions=regions))
         names.append(titles[1])
-    tiles.append(color_overlay(rgb, y_pred, colors))
+    tiles.append(color_overlay(rgb, y_pred, colors, regions=regions))
     names.append(titles[2])
     if y_true is not None:
-        tiles.append(error_overlay(rgb, y_true, y_pred))
+        tiles.append(error_overlay(rgb, y_true, y_pred, regions=regions))
         names.append(titles[3])
     return _compose(tiles, names, caption, max_tile)
 

@@ -534,6 +534,11 @@ def color_layer(result: Any) -> np.ndarray:
     layer = np.zeros((*labels.shape, 4), np.uint8)
     if not result.instances:
         colors = np.asarray([c.color for c in result.classes], np.uint8).reshape(-1, 3)
+        if result.regions is not None:  # mask values: the mean colour of the regions each holds
+            from medseg.report.overlays import region_value_colors
+
+            size = int(labels.max(initial=0)) + 1
+            colors = region_value_colors(result.regions, colors.tolist(), size)
         layer[..., :3] = colors[labels]
         layer[..., 3] = np.where(labels > 0, 255, 0)
         return layer

@@ -72,7 +72,7 @@ def evaluate(
         return _evaluate_instances(run, predictor, data, names, split, data_path)
     class_names = predictor.class_names
     ignore = config.data.ignore_index
-    metrics = SemanticMetrics(len(class_names), spacing=spacing)
+    metrics = SemanticMetrics(len(class_names), spacing=spacing, regions=predictor.regions)
     rows = []
     for name in tqdm(names, desc="evaluate", unit="image", disable=None, leave=False):
         _, truth, pred = _predict_case(predictor, data.case(name))
@@ -107,7 +107,9 @@ def _predict_case(predictor, case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     config = predictor.config
     image = load_image(case)
     truth = load_label(case, image.shape)
-    problem = label_values_error(case.label, truth, config.data.labels, config.data.ignore_index)
+    problem = label_values_error(
+        case.label, truth, config.data.labels, config.data.ignore_index, config.data.regions
+    )
     if problem:
         raise DataError(problem)
     return image, truth, predictor.predict(image, str(case.images[0])).labels
@@ -133,7 +135,7 @@ def _write_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -
                 unannotated = truth == config.data.ignore_index
                 truth, pred = np.where(unannotated, 0, truth), np.where(unannotated, 0, pred)
             caption = f"{row['case']}   mean dice {row['mean_dice']:.3f}"
-            panel = comparison_panel(image, truth, pred, colors, caption=caption)
+            panel = comparison_panel(image, truth, pred, colors, caption=caption, regions=predictor.regions)
             write_image(folder / f"{tag}_{rank}_{row['case']}.png", panel)
 
 

@@ -112,6 +112,7 @@ def export_run(
         "size_divisor": predictor.divisor,
         "class_names": data.class_names,
         "labels": dict(data.labels),
+        "regions": {name: list(values) for name, values in data.regions.items()},
         "colors": {name: list(rgb) for name, rgb in data.colors.items()},
         "input": {
             "name": INPUT_NAME,
@@ -146,7 +147,7 @@ def export_run(
                 {"name": name, "channels": count, "activation": _activation(name)}
                 for name, count in predictor.layout.heads
             ],
-            "labels": "argmax over the softmax of the classes head" if config.task != "instance" else "",
+            "labels": _labels_text(config),
         },
         "inference": {
             "tile": config.inference.tile,
@@ -178,6 +179,18 @@ _NORMALIZATION_TEXT = {
     "zscore": "per channel: (x - mean) / max(std, 1e-8)",
     "none": "cast to float32; unsigned integers divided by their dtype's maximum (uint8 by 255)",
 }
+
+
+def _labels_text(config) -> str:
+    if config.task == "instance":
+        return ""
+    if config.data.regions:
+        return (
+            "overlapping regions: sigmoid per regions channel; each pixel's mask value is the value v (0 or "
+            "any value listed in regions) maximising sum over regions r containing v of logit r, i.e. every "
+            "region with probability > 0.5 when all combinations are listed (a bitmask)"
+        )
+    return "argmax over the softmax of the classes head"
 
 
 def _activation(head: str) -> str:

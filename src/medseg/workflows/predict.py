@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.data.regions import Regions
 from medseg.errors import DataError
 from medseg.io import atomic_path, is_image_file, write_csv_atomic, write_image
 from medseg.io.lazy import open_image_lazily
@@ -62,6 +63,8 @@ class Segmentation:
         objects: instance runs: one row per object (:func:`medseg.postprocess.objects.object_table`).
         counts: instance runs: objects per type with differential percentages
             (:func:`medseg.postprocess.objects.count_objects`).
+        regions: region runs (overlapping classes): ``labels`` are mask values, and each class's pixels
+            count every pixel in that region, so fractions can sum to more than 1.
     """
 
     labels: np.ndarray
@@ -70,13 +73,16 @@ class Segmentation:
     instances: bool = False
     objects: list[dict] = field(default_factory=list)
     counts: list[dict] = field(default_factory=list)
+    regions: Regions | None = None
 
     @property
     def mask(self) -> np.ndarray:
-        """``(H, W)`` label mask as stored on disk: class ids as uint8 (uint16 with 256 classes or more);
-        instance ids as uint16, or int32 beyond 65,535 objects."""
+        """``(H, W)`` label mask as stored on disk: class ids as uint8 (uint16 with 256 classes or more),
+        region runs' mask values as predicted; instance ids as uint16, or int32 beyond 65,535 objects."""
         if self.instances:
             return self.labels.astype(np.uint16 if self.labels.max(initial=0) < 2**16 else np.int32)
+        if self.labels.dtype in (np.uint8, np.uint16):  # already stored form (region runs' mask values)
+            return self.labels
         return self.labels.astype(mask_dtype(len(self.classes)), copy=False)
 
 
@@ -114,16 +120,21 @@ def segment_image(
         labels = predictor.predict(image, source).labels
     else:
         labels = predictor.predict(image, source, labels_out=labels_out).labels
-    counts = np.zeros(len(names), np.int64)
+    regions = Regions.from_mapping(data.regions) if data.regions else None
+    # regions: count mask values, then each region sums the values it holds (a pixel can count twice)
+    bins = len(names) if regions is None else int(regions.mask_values.max()) + 1
+    counts = np.zeros(bins, np.int64)
     for top in range(0, labels.shape[0], _COUNT_ROWS):
-        counts += np.bincount(labels[top : top + _COUNT_ROWS].ravel(), minlength=len(names))[: len(names)]
+        counts += np.bincount(labels[top : top + _COUNT_ROWS].ravel(), minlength=bins)[:bins]
+    if regions is not None:
+        counts = np.concatenate([counts[:1], counts @ regions.lookup(bins)])
     classes = [
         ClassCount(i, name, colors[i], pixels=int(counts[i]), fraction=float(counts[i] / labels.size))
         for i, name in enumerate(names)
     ]
     step = -(-max(labels.shape) // OVERLAY_MAX_SIDE)
-    overlay = color_overlay(image[::step, ::step], labels[::step, ::step], colors)
-    return Segmentation(labels=labels, overlay=overlay, classes=classes)
+    overlay = color_overlay(image[::step, ::step], labels[::step, ::step], colors, regions=regions)
+    return Segmentation(labels=labels, overlay=overlay, classes=classes, regions=regions)
 
 
 def type_colors(names: Sequence[str], colors: dict | None = None) -> list[tuple[int, int, int]]:

@@ -50,9 +50,11 @@ class Snapshots(Callback):
         if self.config.task == "instance":
             frame = self._instance_frame(predictor, logits, trainer.state.epoch, logs.get("val_f1"))
         else:
-            pred = logits.argmax(1)[0].cpu().numpy()
-            epoch, score = trainer.state.epoch, logs.get("val_dice")
-            frame = snapshot_frame(self.display, self.label, pred, self.colors, epoch=epoch, score=score)
+            pred = predictor.labels_of(predictor.layout.activate(logits)[0].cpu().numpy())
+            epoch, score, regions = trainer.state.epoch, logs.get("val_dice"), predictor.regions
+            frame = snapshot_frame(
+                self.display, self.label, pred, self.colors, epoch=epoch, score=score, regions=regions
+            )
         write_image(self.folder / f"epoch_{trainer.state.epoch:03d}.png", frame)
 
     def _instance_frame(self, predictor, logits, epoch: int, score: float | None) -> np.ndarray:

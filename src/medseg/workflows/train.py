@@ -229,6 +229,11 @@ def _fill_data_config(config: Config, data: Dataset) -> None:
             f"{data.root}: needs at least two classes (background and one more), got {data.labels}"
         )
     config.data.labels = dict(data.labels)
+    if config.data.regions and config.data.regions != data.regions:
+        raise DataError(f"{data.root}: regions {data.regions} differ from the run's {config.data.regions}")
+    config.data.regions = {k: list(v) for k, v in data.regions.items()}
+    if data.regions and config.task != "semantic":
+        raise DataError(f"{data.root}: overlapping regions need --task semantic, not {config.task}")
     if data.ignore_label is not None and config.data.ignore_index < 0:
         config.data.ignore_index = data.ignore_label
     if not config.data.group_by and data.group_by:  # e.g. an importer's "one sequence per group"
@@ -327,7 +332,9 @@ def _load_cases(
         else:
             label = load_label(case, image.shape)
             types.append(None)
-            problem = label_values_error(case.label, label, config.data.labels, config.data.ignore_index)
+            problem = label_values_error(
+                case.label, label, config.data.labels, config.data.ignore_index, config.data.regions
+            )
             if problem:
                 raise DataError(problem)
         d = config.data
@@ -363,10 +370,11 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
             f"data.patch_size: {config.data.patch_size} must be multiples of {divisor} "
             f"for {config.model.name}"
         )
-    if config.loss.class_weights and len(config.loss.class_weights) != num_classes:
+    weighted = list(config.data.regions) or config.data.class_names  # regions: one weight per region
+    if config.loss.class_weights and len(config.loss.class_weights) != len(weighted):
         raise ConfigError(
-            f"loss.class_weights: {len(config.loss.class_weights)} values for {num_classes} classes "
-            f"({', '.join(config.data.class_names)})"
+            f"loss.class_weights: {len(config.loss.class_weights)} values for {len(weighted)} "
+            f"{'regions' if config.data.regions else 'classes'} ({', '.join(weighted)})"
         )
     instance = config.task == "instance"
     pad_label = config.data.ignore_index if config.data.ignore_index >= 0 and not instance else 0
@@ -408,6 +416,17 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
             "classes": inst.class_weight,
         }
         loss_fn = DeepWatershedLoss(layout, weights).to(device)
+    elif config.data.regions:
+        from medseg.data.regions import Regions
+        from medseg.losses import RegionDiceBCELoss
+
+        loss_fn = RegionDiceBCELoss(
+            Regions.from_mapping(config.data.regions).lookup(),
+            dice_weight=config.loss.dice_weight,
+            bce_weight=config.loss.ce_weight,
+            region_weights=config.loss.class_weights,
+            ignore_index=config.data.ignore_index,
+        ).to(device)
     else:
         loss_fn = DiceCELoss(
             num_classes,
@@ -594,14 +613,17 @@ class SemanticValidation:
         ignore = self.config.data.ignore_index
         predictor = Predictor(trainer.model, self.config, trainer.device)
         predictor.bf16 = trainer.bf16
-        metrics = SemanticMetrics(len(names), hd95=False)
+        metrics = SemanticMetrics(len(names), hd95=False, regions=predictor.regions)
         losses = []
         for image, label in zip(self.images, self.labels):
             logits = predictor.logits(torch.from_numpy(image)[None])
             target = torch.from_numpy(label.astype(np.int64))[None].to(trainer.device)
             losses.append(float(self.loss_fn(logits, target)))
             truth = np.where(label == ignore, -1, label) if ignore >= 0 else label  # -1: not scored
-            metrics.update(truth, logits.argmax(1)[0].cpu().numpy())
+            if predictor.regions is None:
+                metrics.update(truth, logits.argmax(1)[0].cpu().numpy())
+            else:
+                metrics.update(truth, predictor.labels_of(torch.sigmoid(logits[0]).cpu().numpy()))
         summary = metrics.aggregate(names)
         dice = summary["mean"]["dice"]
         logs = {"val_loss": float(np.mean(losses)), "val_dice": dice if math.isfinite(dice) else 0.0}
