@@ -75,3 +75,11 @@ def test_lookup_and_mask_values():
     with pytest.raises(ValueError, match="belong to no region"):
         regions.check_values(np.array([0, 4]), "x.png")
     regions.check_values(np.array([0, 3, 255]), "x.png", ignore=255)
+
+
+def test_counts_give_each_region_every_pixel_it_holds():
+    regions = Regions.from_mapping(BITMASK)
+    mask = np.array([[0, 1, 3, 3], [7, 4, 0, 2]], np.uint8)
+    assert regions.counts(mask, rows=1).tolist() == [2, 4, 4, 2]  # background, large, small, stomach
+    assert regions.dtype is np.uint8
+    assert Regions.from_mapping({"a": [300]}).dtype is np.uint16

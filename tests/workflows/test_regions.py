@@ -177,3 +177,21 @@ def test_region_overlay_outlines_both_regions(region_dataset: Path):
     # the right disc's outline runs through the overlap lens: blue pixels inside the left disc
     assert (pure_blue & (mask == 3)).any()
     assert (pure_red & (mask == 3)).any()
+
+
+def test_grad_cam_explains_one_region_where_it_is_predicted(region_run: Path, region_dataset: Path):
+    from medseg.errors import ConfigError
+    from medseg.inference.predictor import Predictor
+    from medseg.io import read_image
+    from medseg.workflows.explain import segmentation_heatmap
+
+    predictor = Predictor.from_run(region_run, device="cpu")
+    image = read_image(region_dataset / "imagesTr" / "case04_0000.png")
+    heat = segmentation_heatmap(predictor, image, class_name="right")
+    assert heat.class_name == "right" and heat.cam.shape == image.shape[:2]
+    truth = read_label(region_dataset / "labelsTr" / "case04.png")
+    right = Regions.from_mapping(REGIONS).members(truth)[1]
+    assert 0.5 * right.mean() < heat.score < 2 * right.mean()  # the region predicted as "right"
+    assert segmentation_heatmap(predictor, image).class_name in ("left", "right")
+    with pytest.raises(ConfigError, match="not a class"):
+        segmentation_heatmap(predictor, image, class_name="background")

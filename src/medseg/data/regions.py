@@ -91,6 +91,21 @@ class Regions:
         flat = np.clip(mask, 0, None).astype(np.intp, copy=False)
         return np.moveaxis(lut[flat], -1, 0)
 
+    def counts(self, mask: np.ndarray, rows: int = 1024) -> np.ndarray:
+        """``(R + 1,)`` int64 pixel counts of a mask of values: background (value 0) first, then each
+        region's pixels (a pixel in two regions counts for both), a band of rows at a time."""
+        size = int(self.mask_values.max()) + 1
+        values = np.zeros(size, np.int64)
+        for top in range(0, mask.shape[0], rows):
+            band = np.asarray(mask[top : top + rows]).ravel()
+            values += np.bincount(band[(band >= 0) & (band < size)], minlength=size)
+        return np.concatenate([values[:1], values @ self.lookup(size)])
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        """Smallest dtype of a mask file holding every region value: uint8 or uint16."""
+        return np.uint8 if self.mask_values.max() <= 255 else np.uint16
+
     def encode(self, probabilities: np.ndarray, rows: int = 256) -> np.ndarray:
         """``(R, H, W)`` region probabilities -> ``(H, W)`` mask values, a band of rows at a time.
 
@@ -109,8 +124,7 @@ class Regions:
         values = self.mask_values
         weights = self.table.astype(np.float32)  # (V, R)
         height, width = probabilities.shape[1:]
-        dtype = np.uint8 if values.max() <= 255 else np.uint16
-        out = np.empty((height, width), dtype=dtype)
+        out = np.empty((height, width), dtype=self.dtype)
         for top in range(0, height, rows):
             band = np.clip(probabilities[:, top : top + rows].astype(np.float32), 1e-6, 1 - 1e-6)
             logits = np.log(band) - np.log1p(-band)  # (R, h, W)

@@ -164,6 +164,17 @@ def segmentation_heatmap(
             index = _class_index(class_name, ["foreground", *types]) - 1
             name, channel = types[index], heads["classes"].start + index
             region = foreground & (logits[heads["classes"]].argmax(0) == index)
+    elif predictor.regions is not None:  # overlapping regions: channel r is region r (class r + 1)
+        names = predictor.class_names[1:]
+        inside = (logits > 0) & valid  # sigmoid > 0.5
+        if class_name is None:
+            counts = inside.flatten(1).sum(1)
+            if int(counts.sum()) == 0:
+                raise ConfigError(f"{source}: the model predicts no region here; choose one with --class")
+            channel = int(counts.argmax())
+        else:
+            channel = _class_index(class_name, names)
+        name, region = names[channel], inside[channel]
     else:
         names = predictor.class_names
         predicted = logits.argmax(0)

@@ -121,13 +121,12 @@ def segment_image(
     else:
         labels = predictor.predict(image, source, labels_out=labels_out).labels
     regions = Regions.from_mapping(data.regions) if data.regions else None
-    # regions: count mask values, then each region sums the values it holds (a pixel can count twice)
-    bins = len(names) if regions is None else int(regions.mask_values.max()) + 1
-    counts = np.zeros(bins, np.int64)
-    for top in range(0, labels.shape[0], _COUNT_ROWS):
-        counts += np.bincount(labels[top : top + _COUNT_ROWS].ravel(), minlength=bins)[:bins]
-    if regions is not None:
-        counts = np.concatenate([counts[:1], counts @ regions.lookup(bins)])
+    if regions is not None:  # a pixel in two regions counts for both
+        counts = regions.counts(labels, rows=_COUNT_ROWS)
+    else:
+        counts = np.zeros(len(names), np.int64)
+        for top in range(0, labels.shape[0], _COUNT_ROWS):
+            counts += np.bincount(labels[top : top + _COUNT_ROWS].ravel(), minlength=len(names))[: len(names)]
     classes = [
         ClassCount(i, name, colors[i], pixels=int(counts[i]), fraction=float(counts[i] / labels.size))
         for i, name in enumerate(names)

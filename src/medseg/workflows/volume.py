@@ -271,11 +271,13 @@ def predict_volume(
     volume = read_volume(path)
     names = predictor.config.data.class_names
     labels = segment_volume(predictor, volume, settings, str(path))
-    labels = labels.astype(np.uint8 if len(names) < 256 else np.uint16)
+    regions = predictor.regions  # overlapping classes: mask values, each region counts all it holds
+    labels = labels.astype(regions.dtype if regions else np.uint8 if len(names) < 256 else np.uint16)
     mask_path = write_nifti(
         Path(out) / "masks" / f"{stem or volume_name(path)}_seg.nii.gz", labels, volume.affine
     )
-    counts = np.bincount(labels.ravel(), minlength=len(names))
+    flat = labels.reshape(-1, labels.shape[-1])
+    counts = regions.counts(flat) if regions else np.bincount(labels.ravel(), minlength=len(names))
     size = voxel_ml(volume.affine)
     classes = [
         VolumeClass(i, name, int(counts[i]), float(counts[i] / labels.size), float(counts[i] * size))
