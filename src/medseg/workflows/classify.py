@@ -842,14 +842,23 @@ def _predict_classifier(run_dir, inputs, out: Path, job, device, overrides, expl
             write_image(out / "heatmaps" / f"{stem}.png", heat.overlay)
             row["heatmap"] = f"heatmaps/{stem}.png"
         rows.append((index, row))
+    return write_sharded_rows(job, rows, problems, out / "predictions.csv")
+
+
+def write_sharded_rows(job, rows: list, problems: list, path: Path) -> Path:
+    """Gather every rank's ``(index, row)`` pairs and ``(index, problem)`` lines; rank 0 writes the rows as
+    the CSV ``path``, then the first problem (if any) is raised on every rank.
+
+    Raises:
+        DataError: some input could not be read (after the others were written).
+    """
     rows, problems = job.merge(rows), job.merge(problems)
-    path = out / "predictions.csv"
     if rows and job.is_main:
         write_csv_atomic(path, rows)
     if problems:
-        job.barrier()  # predictions.csv is written before any rank reports the problem
+        job.barrier()  # the CSV is written before any rank reports the problem
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {out}")
+        raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {path.parent}")
     return path
 
 

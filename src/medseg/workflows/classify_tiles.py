@@ -341,7 +341,7 @@ def _predict_tiles(run_dir, inputs, out: Path, job, tile, stride, device, overri
     from tqdm.auto import tqdm
 
     from medseg.io import open_image_lazily, write_csv_atomic, write_image
-    from medseg.workflows.classify import ClassificationPredictor
+    from medseg.workflows.classify import ClassificationPredictor, write_sharded_rows
     from medseg.workflows.predict import LARGE_IMAGE_PIXELS, OVERLAY_MAX_SIDE, _unique_stems, collect_inputs
     from medseg.workflows.volume import is_volume_input
 
@@ -384,12 +384,4 @@ def _predict_tiles(run_dir, inputs, out: Path, job, tile, stride, device, overri
         row.update({f"fraction_{name}": round(f, 6) for name, f in result.fractions().items()})
         row["tiles_csv"] = f"tiles/{stem}.csv"
         rows.append((index, row))
-    rows, problems = job.merge(rows), job.merge(problems)
-    summary = out / "predictions.csv"
-    if rows and job.is_main:
-        write_csv_atomic(summary, rows)
-    if problems:
-        job.barrier()  # predictions.csv is written before any rank reports the problem
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataError(f"{problems[0]}{more}; {len(rows)} other image(s) were written to {out}")
-    return summary
+    return write_sharded_rows(job, rows, problems, out / "predictions.csv")

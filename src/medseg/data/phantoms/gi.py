@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.data.importers.uwmadison import UWMADISON_CLASSES
+from medseg.data.phantoms.common import check_phantom_folder
 from medseg.errors import MedsegError
 from medseg.io import atomic_path, write_csv_atomic, write_json_atomic
 from medseg.io.rle import rle_encode
@@ -499,16 +499,7 @@ def _write_png16(path: Path, image: np.ndarray) -> Path:
 
 def _check_folder(out: Path) -> None:
     """Refuse a folder that is not empty and not an earlier GI phantom."""
-    if out.exists() and not out.is_dir():
-        raise MedsegError(f"{out}: exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    try:
-        found = json.loads((out / "phantom.json").read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):
-        found = None
-    if found != GI_PHANTOM_NAME:
-        raise MedsegError(f"{out}: folder is not empty and holds no GI phantom; choose an empty --out")
+    check_phantom_folder(out, GI_PHANTOM_NAME, "GI phantom")
 
 
 def _remove_stale(out: Path, written: set[Path]) -> None:

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.phantoms.common import check_phantom_folder
 from medseg.data.phantoms.nuclei import (
     MIN_SIZE,
     Microscope,
@@ -426,18 +426,7 @@ def _tracks_from_presence(
 
 def _check_movie_folder(out: Path) -> None:
     """Refuse a folder that is not empty and not an earlier nuclei movie phantom."""
-    if out.exists() and not out.is_dir():
-        raise MedsegError(f"{out}: exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    try:
-        found = json.loads((out / "phantom.json").read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):
-        found = None
-    if found != MOVIE_NAME:
-        raise MedsegError(
-            f"{out}: folder is not empty and holds no nuclei movie phantom; choose an empty --out"
-        )
+    check_phantom_folder(out, MOVIE_NAME, "nuclei movie phantom")
 
 
 def _remove_stale(out: Path, written: set[Path]) -> None:
