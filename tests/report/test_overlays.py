@@ -241,3 +241,12 @@ def test_snapshot_frame_captions_epoch():
     caption_rows = slice(0, 20)
     np.testing.assert_array_equal(one[40:], two[40:])
     assert not np.array_equal(one[caption_rows], two[caption_rows])
+
+
+def test_display_channels_show_each_source_channels_centre_slice():
+    from medseg.report import display_channels
+
+    image = np.arange(2 * 2 * 6).reshape(2, 2, 6)  # 2 source channels x 3 slices (context 1)
+    np.testing.assert_array_equal(display_channels(image, 1), image[..., [1, 4]])
+    assert display_channels(image, 0) is image
+    assert display_channels(image[..., :5], 1).shape == (2, 2, 5)  # not 2.5D-shaped: unchanged

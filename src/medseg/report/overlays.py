@@ -55,6 +55,23 @@ _WHITE = (255, 255, 255)
 _TEXT = (30, 30, 30)
 
 
+def display_channels(image: np.ndarray, context: int) -> np.ndarray:
+    """What to show of a 2.5D input: each source channel's centre slice.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C * (2 * context + 1))``, channels ordered per source channel, slices
+            ``-context .. +context`` (as the volume importers write them).
+        context: neighbouring slices on each side (``data.slicing.context``); 0 = not 2.5D.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, C)``; other images unchanged (a view, never a copy).
+    """
+    width = 2 * context + 1
+    if context <= 0 or image.ndim != 3 or image.shape[-1] % width:
+        return image
+    return image[..., context::width]
+
+
 def image_to_rgb8(image: np.ndarray) -> np.ndarray:
     """Convert any image to 8-bit RGB for display.
 

@@ -287,7 +287,9 @@ def create_app(
         from medseg.workflows.predict import segment_image
 
         result = segment_image(served, image, label)
-        from medseg.report import image_to_rgb8
+        from medseg.report import display_channels, image_to_rgb8
+
+        context = int(served.config.data.slicing.get("context", 0))
 
         mask = result.mask
         mask_png = _png(mask) if int(mask.max(initial=0)) <= _PNG_MAX_ID else None
@@ -320,7 +322,7 @@ def create_app(
                 for c in result.classes
             ],
             "seconds": round(time.perf_counter() - started, 4),
-            "image_png_base64": _b64(_png(image_to_rgb8(image))),
+            "image_png_base64": _b64(_png(image_to_rgb8(display_channels(image, context)))),
             "mask_png_base64": _b64(mask_png) if mask_png is not None else None,
             "overlay_png_base64": _b64(overlay_png),
             "color_mask_png_base64": _b64(_png(color_layer(result))),

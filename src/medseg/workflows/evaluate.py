@@ -118,7 +118,7 @@ def _predict_case(predictor, case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _write_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -> None:
     """Comparison panels of the N worst and N best cases by mean Dice (re-predicted: only scores are kept
     in memory while evaluating, so evaluation memory does not grow with the dataset)."""
-    from medseg.report import class_colors, comparison_panel
+    from medseg.report import class_colors, comparison_panel, display_channels
 
     config = predictor.config
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,6 +134,7 @@ def _write_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -
             if config.data.ignore_index >= 0:  # unannotated pixels are neither right nor wrong
                 unannotated = truth == config.data.ignore_index
                 truth, pred = np.where(unannotated, 0, truth), np.where(unannotated, 0, pred)
+            image = display_channels(image, int(config.data.slicing.get("context", 0)))
             caption = f"{row['case']}   mean dice {row['mean_dice']:.3f}"
             panel = comparison_panel(image, truth, pred, colors, caption=caption, regions=predictor.regions)
             write_image(folder / f"{tag}_{rank}_{row['case']}.png", panel)

@@ -109,7 +109,7 @@ def segment_image(
     Raises:
         DataError: the image's channels do not fit the model.
     """
-    from medseg.report import class_colors, color_overlay
+    from medseg.report import class_colors, color_overlay, display_channels
 
     if predictor.config.task == "instance":
         return _segment_instances(predictor, image, source)
@@ -132,7 +132,8 @@ def segment_image(
         for i, name in enumerate(names)
     ]
     step = -(-max(labels.shape) // OVERLAY_MAX_SIDE)
-    overlay = color_overlay(image[::step, ::step], labels[::step, ::step], colors, regions=regions)
+    shown = display_channels(image[::step, ::step], int(data.slicing.get("context", 0)))
+    overlay = color_overlay(shown, labels[::step, ::step], colors, regions=regions)
     return Segmentation(labels=labels, overlay=overlay, classes=classes, regions=regions)
 
 

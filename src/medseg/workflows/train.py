@@ -445,10 +445,13 @@ def _build_trainer(config, run, device, data, cases: LoadedCases, *, pretrained=
         validate = SemanticValidation(config, cases.val_images, cases.val_labels, loss_fn)
     snapshots = []
     if cases.val_images and t.snapshots and current_context().is_main:
+        from medseg.report import display_channels
         from medseg.workflows.snapshots import Snapshots, pick_snapshot_case
 
         i = pick_snapshot_case(cases.val_labels)
-        display = load_image(data.case(cases.val_names[i]))
+        display = display_channels(
+            load_image(data.case(cases.val_names[i])), int(config.data.slicing.get("context", 0))
+        )
         snapshots.append(
             Snapshots(run / "snapshots", config, display, cases.val_images[i], cases.val_labels[i])
         )
