@@ -17,7 +17,9 @@ one frame (a GT cell without a detection), and one spurious 3 px blob per frame 
 Both trackers get the same detections and comparable cut-offs: D = `--max-distance` frame-to-frame,
 gaps of one missing frame (laptrack: gap_closing_max_frame_count=2, cut-off 2D; medseg: max_gap=1,
 reach 2D), divisions within D (laptrack: splitting_cutoff; medseg also requires the daughters' area
-cue). One difference to know when D is too small for the motion (`--motion 3`, ~7.5 px per frame, with
+cue, and that they share less border than 0.9 x the smaller one's diameter: these touching daughters
+share about 0.7). medseg's merge cutting (`split_merges`) runs too; these detections hold no merges.
+One difference to know when D is too small for the motion (`--motion 3`, ~7.5 px per frame, with
 D = 15): laptrack's gap closing also joins a track end at t to a start at t + 1 (frame gap 1) within 2D,
 a second chance medseg does not give, so there laptrack's TRA is higher; with D suited to the motion
 (D = 25) medseg's TRA is higher again.

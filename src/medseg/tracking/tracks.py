@@ -15,6 +15,7 @@ import numpy as np
 
 from medseg.errors import DataError
 from medseg.tracking.features import (
+    FrameObjects,
     _compact,
     _foreground,
     _objects_from_pixels,
@@ -22,6 +23,7 @@ from medseg.tracking.features import (
     frame_candidates,
 )
 from medseg.tracking.linking import TrackingParams, _global_links, _link_segments_global, link_frames
+from medseg.tracking.merges import daughter_contact, split_merges
 
 __all__ = ["Tracks", "build_tracks", "track_labels"]
 
@@ -212,8 +214,51 @@ def _lasting_divisions(
     return divisions[lasts(daughter) & lasts(successor[mother])]
 
 
+def _next_frame(
+    masks: np.ndarray, t: int, pixels: tuple[np.ndarray, np.ndarray], size: int
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Overlaps of frame t (given by its foreground ``pixels``) with frame t + 1, and t + 1's pixels."""
+    # The overlap table only needs the next frame's values under this frame's foreground.
+    below = masks[t + 1].reshape(-1)[pixels[0]]
+    shared = below != 0
+    return _pair_counts(pixels[1][shared], below[shared], size), _foreground(masks[t + 1])
+
+
+def _apart_divisions(
+    divisions: np.ndarray,
+    successor: np.ndarray,
+    masks: np.ndarray,
+    objects: list[FrameObjects],
+    frame: np.ndarray,
+    max_contact: float,
+) -> np.ndarray:
+    """The (V, 2) mother -> daughter links whose daughters share at most ``max_contact`` times the
+    smaller one's equivalent diameter of border in their first frame (a loop over the few divisions)."""
+    if len(divisions) == 0:
+        return divisions
+    label = np.concatenate([o.label for o in objects])
+    area = np.concatenate([o.area for o in objects])
+    objects_bbox = np.concatenate([o.bbox for o in objects])
+    keep = np.ones(len(divisions), bool)
+    for k, (mother, daughter) in enumerate(divisions.tolist()):
+        sister = int(successor[mother])
+        t = int(frame[daughter])
+        diameter = 2 * np.sqrt(min(area[daughter], area[sister]) / np.pi)
+        box = np.concatenate([objects_bbox[daughter], objects_bbox[sister]]).reshape(2, 4)
+        row0, col0 = np.maximum(box[:, :2].min(0) - 1, 0)
+        row1, col1 = box[:, 2:].max(0) + 1
+        window = masks[t, row0:row1, col0:col1]  # both daughters and a one-pixel margin
+        contact = daughter_contact(window, int(label[daughter]), int(label[sister]))
+        keep[k] = contact <= max_contact * diameter
+    return divisions[keep]
+
+
 def track_labels(masks: np.ndarray, params: TrackingParams | None = None) -> Tracks:
     """Track the objects of a per-frame segmentation: frame linking, gap closing, divisions, CTC export.
+
+    With ``params.split_merges`` (the default) an object that merges two objects of the frame before is
+    first cut in two (:func:`~medseg.tracking.merges.split_merges`), so the result's masks can hold more
+    objects than the input; the input is never modified.
 
     Args:
         masks: (T, H, W) int label movie with INDEPENDENT labels per frame (as a per-frame segmentation
@@ -240,13 +285,29 @@ def track_labels(masks: np.ndarray, params: TrackingParams | None = None) -> Tra
     pixels = _foreground(masks[0])
     objects = [_objects_from_pixels(*pixels, masks.shape[1:])]
     candidates, frame_links = [], []
+    owned = False
     for t in range(n_frames - 1):
-        # The overlap table only needs the next frame's values under this frame's foreground.
-        below = masks[t + 1].reshape(-1)[pixels[0]]
-        shared = below != 0
-        overlaps = _pair_counts(pixels[1][shared], below[shared], size)
-        pixels = _foreground(masks[t + 1])
-        objects.append(_objects_from_pixels(*pixels, masks.shape[1:]))
+        overlaps, next_pixels = _next_frame(masks, t, pixels, size)
+        next_objects = _objects_from_pixels(*next_pixels, masks.shape[1:])
+        if params.split_merges:
+            cut = split_merges(
+                masks[t],
+                masks[t + 1],
+                min_overlap=params.merge_overlap,
+                divided_overlap=params.merge_divided_overlap,
+                max_solidity=params.merge_max_solidity,
+                max_contact=params.max_daughter_contact,
+                overlaps=overlaps,
+                objects=(objects[t], next_objects),
+            )
+            if cut is not None:
+                if not owned:  # copy the movie only when a frame changes (and widen uint16 labels)
+                    masks, owned = masks.astype(np.int32, copy=True), True
+                masks[t + 1] = cut
+                overlaps, next_pixels = _next_frame(masks, t, pixels, size)
+                next_objects = _objects_from_pixels(*next_pixels, masks.shape[1:])
+        pixels = next_pixels
+        objects.append(next_objects)
         pairs = frame_candidates(objects[t], objects[t + 1], params.max_distance, overlaps)
         candidates.append(pairs)
         frame_links.append(link_frames(objects[t], objects[t + 1], params, candidates=pairs))
@@ -255,6 +316,7 @@ def track_labels(masks: np.ndarray, params: TrackingParams | None = None) -> Tra
     counts = np.array([len(o) for o in objects], np.int64)
     frame = np.repeat(np.arange(n_frames), counts)
     divisions = _lasting_divisions(divisions, gaps, successor, frame, n_frames, params.min_daughter_frames)
+    divisions = _apart_divisions(divisions, successor, masks, objects, frame, params.max_daughter_contact)
     for pairs in (gaps, divisions):
         predecessor[pairs[:, 1]] = pairs[:, 0]
     track, table = _assemble(frame, predecessor, n_frames, params.min_track_length)
