@@ -8,7 +8,11 @@ fresh child process per variant, in the same run:
 
 - ``lazy``: the default: :func:`medseg.io.lazy.open_image_lazily` memory-maps the TIFF;
 - ``whole``: the same call with the reader swapped for :func:`medseg.io.read_image` (the whole image read
-  into memory first), i.e. what ``medseg predict`` did before.
+  into memory first), i.e. what ``medseg predict`` did before;
+- ``tiled``: the same slide written tiled 512 x 512 with deflate (zlib) compression, as whole-slide images
+  are stored, which :func:`medseg.io.lazy.open_image_lazily` opens as a
+  :class:`~medseg.io.lazy.LazyTiffImage` (tiles decoded as they are indexed; the normalisation's
+  statistics come from one banded pass over it, and each prediction tile decodes only its own tiles).
 
 Both write the mask as a memory-mapped uint8 TIFF filled band by band and a downsampled overlay. Peak
 memory is the child's VmHWM (peak resident set, which includes the file-backed pages of the memory-mapped
@@ -18,13 +22,15 @@ memory: what the process itself allocated) and RssFile (mapped file pages, recla
 Run: .venv/bin/python benchmarks/large_slide.py [--side 20000] [--whole-side N] [--set inference.overlap=0]
        [--only READER] [--append]
 Prints a table and writes benchmarks/results/large_slide.json (``--append`` adds this run's rows to it; the
-default plan is lazy and whole at ``--whole-side``, then lazy at ``--side``; ``--only whole`` runs just the
-whole read at ``--side``).
+default plan is lazy, whole and tiled at ``--whole-side``, then lazy at ``--side``; ``--only
+whole`` runs just the whole read at ``--side``). Every row records a hash of its mask: the readers must
+agree (deflate is lossless).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -42,6 +48,8 @@ RESULTS = Path(__file__).parent / "results" / "large_slide.json"
 LABELS = "{background: 0, red_cell: 1, white_cell: 2, nucleus: 3}"
 PHANTOM = 512  # side of the phantom tile the slide repeats
 BAND_ROWS = PHANTOM  # rows written at a time: 30 MB for a 20,000-pixel-wide RGB band
+TILE = 512  # TIFF tile side of the compressed slide
+READERS = ("lazy", "whole", "tiled")
 
 
 def write_slide(path: Path, side: int) -> Path:
@@ -60,6 +68,34 @@ def write_slide(path: Path, side: int) -> Path:
         slide[top : top + rows] = row_of_tiles[band % 4][:rows, :side]
     slide.flush()
     del slide
+    return path
+
+
+def write_tiled(source: Path, path: Path) -> Path:
+    """``source`` (an uncompressed slide) rewritten tiled 512 x 512 with deflate, one tile at a time."""
+    import tifffile
+
+    slide = tifffile.memmap(source, mode="r")
+    height, width = slide.shape[:2]
+
+    def tiles():
+        for top in range(0, height, TILE):
+            for left in range(0, width, TILE):
+                tile = np.zeros((TILE, TILE, 3), np.uint8)
+                part = slide[top : top + TILE, left : left + TILE]
+                tile[: part.shape[0], : part.shape[1]] = part
+                yield tile
+
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=slide.shape,
+        dtype=np.uint8,
+        tile=(TILE, TILE),
+        compression="zlib",
+        photometric="rgb",
+        bigtiff=True,
+    )
     return path
 
 
@@ -120,13 +156,18 @@ def measure(mode: str, run: Path, slide: Path, out: Path, overrides: list[str]) 
     import tifffile
 
     command = [sys.executable, __file__, "--child", mode, str(run), str(slide), str(out), *overrides]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     with tifffile.TiffFile(out / "masks" / f"{slide.stem}.tif") as mask, tifffile.TiffFile(slide) as image:
         side = image.series[0].shape[0]
         found = mask.series[0].shape, mask.series[0].dtype
     assert found == ((side, side), np.uint8), found
     result["mask_mib_on_disk"] = (out / "masks" / f"{slide.stem}.tif").stat().st_size / 2**20
+    mask = tifffile.memmap(out / "masks" / f"{slide.stem}.tif", mode="r")
+    result["mask_sha1"] = hashlib.sha1(np.ascontiguousarray(mask)).hexdigest()[:12]  # pixels, not header
+    del mask
     result["seconds_per_megapixel"] = result["seconds"] / (side * side / 1e6)
     return result
 
@@ -137,7 +178,7 @@ def main() -> None:
     parser.add_argument(
         "--whole-side", type=int, default=None, help="slide side for the whole read (= --side)"
     )
-    parser.add_argument("--only", choices=("lazy", "whole"), help="one reader, at --side")
+    parser.add_argument("--only", choices=READERS, help="one reader, at --side")
     parser.add_argument("--append", action="store_true", help="keep the rows already in the JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="inference.* override")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -162,13 +203,20 @@ def main() -> None:
         plan = (
             [(args.only, side)]
             if args.only
-            else [("lazy", whole_side), ("whole", whole_side)]
+            else [(reader, whole_side) for reader in READERS]
             + ([("lazy", side)] if side != whole_side else [])
         )
         for mode, mode_side in plan:
             slide = folder / f"slide_{mode_side}.tif"
             if not slide.exists():
                 write_slide(slide, mode_side)
+            if mode == "tiled":
+                plain, slide = slide, folder / "tiled" / slide.name  # the same stem: masks compare by name
+                if not slide.exists():
+                    slide.parent.mkdir(exist_ok=True)
+                    started = time.perf_counter()
+                    write_tiled(plain, slide)
+                    print(f"wrote {slide.name} tiled + deflate in {time.perf_counter() - started:.0f} s")
             result = measure(mode, run, slide, folder / f"out_{mode}_{mode_side}", args.overrides)
             rows[f"{mode} {mode_side}"] = {
                 "reader": mode,
@@ -179,13 +227,14 @@ def main() -> None:
             print(f"{mode} {mode_side}: {result}", flush=True)
             _write_report(args.overrides, load, free, rows)
     print(
-        f"\n{'reader':<8}{'side':>8}{'seconds':>10}{'s/MP':>8}{'peak RSS MiB':>14}"
-        f"{'anon MiB':>10}{'file MiB':>10}"
+        f"\n{'reader':<10}{'side':>8}{'seconds':>10}{'s/MP':>8}{'peak RSS MiB':>14}"
+        f"{'anon MiB':>10}{'file MiB':>10}{'slide MiB':>11}  mask sha1"
     )
     for row in rows.values():
         print(
-            f"{row['reader']:<8}{row['side']:>8}{row['seconds']:>10.1f}{row['seconds_per_megapixel']:>8.3f}"
+            f"{row['reader']:<10}{row['side']:>8}{row['seconds']:>10.1f}{row['seconds_per_megapixel']:>8.3f}"
             f"{row['peak_rss_mib']:>14.0f}{row['peak_anon_mib']:>10.0f}{row['peak_file_mib']:>10.0f}"
+            f"{row['slide_mib_on_disk']:>11.0f}  {row.get('mask_sha1', '')}"
         )
 
 

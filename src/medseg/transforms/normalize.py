@@ -161,26 +161,26 @@ class NormalizedImage:
     dtype = np.dtype(np.float32)
 
     def __init__(self, image: np.ndarray, mode: str, low: float, high: float) -> None:
-        raw = np.asarray(image)
+        raw = _stored(image)
         if raw.dtype.kind not in _HISTOGRAM_KINDS or raw.dtype.itemsize > 2:
             raise ValueError(f"NormalizedImage needs an integer image of at most 16 bits, not {raw.dtype}")
-        # (C, H, W) view of the raw pixels: moving the axis copies nothing
-        self._raw = raw[np.newaxis] if raw.ndim == 2 else np.moveaxis(raw, -1, 0)
+        # the pixels stay as stored, (H, W) or (H, W, C): a lazily decoded slide
+        # (medseg.io.lazy.LazyTiffImage) is only ever read a band or a crop at a time
+        self._stored = raw
         self._unsigned_max = np.float32(np.iinfo(raw.dtype).max) if raw.dtype.kind == "u" else None
         self._work = np.result_type(raw.dtype, np.float32).type  # float32: exact for <= 16-bit integers
-        self.shape = self._raw.shape
+        height, width = raw.shape[:2]
+        self.shape = (1 if raw.ndim == 2 else raw.shape[2], height, width)
         self.mode = mode
         self._stats: list[tuple] = []
-        if mode == "percentile":
-            for channel in self._raw:
-                values, counts = _histogram(channel)
-                self._stats.append(tuple(_percentiles(values, counts, (low, high), self._work)))
-        elif mode == "zscore":
-            for channel in self._raw:
-                values, counts = _histogram(channel)
-                mean = np.dot(values.astype(np.float64), counts) / counts.sum()
-                std = np.sqrt(np.dot((values - mean) ** 2, counts) / counts.sum())
-                self._stats.append((np.float64(mean), np.float64(std)))
+        if mode in ("percentile", "zscore"):
+            for values, counts in _histograms(raw):
+                if mode == "percentile":
+                    self._stats.append(tuple(_percentiles(values, counts, (low, high), self._work)))
+                else:
+                    mean = np.dot(values.astype(np.float64), counts) / counts.sum()
+                    std = np.sqrt(np.dot((values - mean) ** 2, counts) / counts.sum())
+                    self._stats.append((np.float64(mean), np.float64(std)))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[:, :, :]
@@ -190,7 +190,8 @@ class NormalizedImage:
         """Normalise the crop ``key`` (basic indexing of the ``(C, H, W)`` image) into a new float32 array."""
         key = key if isinstance(key, tuple) else (key,)
         channel_key, spatial = (key[0], key[1:]) if key else (slice(None), ())
-        crop = self._raw[(slice(None), *spatial)]
+        crop = np.asarray(self._stored[spatial] if spatial else self._stored[...])
+        crop = crop[np.newaxis] if self._stored.ndim == 2 else np.moveaxis(crop, -1, 0)  # (C, ...)
         channels = crop.astype(self._work, order="C")  # always a copy, so the raw image is never touched
         if self.mode == "none":
             if self._unsigned_max is not None:
@@ -231,9 +232,9 @@ def normalize_lazily(
     Raises:
         ValueError: as :func:`normalize`.
     """
-    raw = np.asarray(image)
+    raw = _stored(image)
     if raw.dtype.kind not in _HISTOGRAM_KINDS or raw.dtype.itemsize > 2 or raw.ndim not in (2, 3):
-        return normalize(raw, mode, low=low, high=high)
+        return normalize(np.asarray(raw), mode, low=low, high=high)
     if mode not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
     if mode == "percentile" and not 0.0 <= low < high <= 100.0:
@@ -241,20 +242,38 @@ def normalize_lazily(
     return NormalizedImage(raw, mode, low, high)
 
 
-def _histogram(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact value histogram of an ``(H, W)`` integer channel (<= 16 bits): ``(values, counts)`` int64,
-    values ascending, counts > 0."""
-    offset = int(np.iinfo(channel.dtype).min) if channel.dtype.kind == "i" else 0
-    counts = np.zeros(1 << (8 * channel.dtype.itemsize), np.int64)
-    for top in range(0, channel.shape[0], _HISTOGRAM_ROWS):
-        band = channel[top : top + _HISTOGRAM_ROWS].ravel()
-        if offset:
-            band = band.astype(np.int32) - offset
-        elif band.dtype == bool:
-            band = band.view(np.uint8)
-        counts += np.bincount(band, minlength=counts.size)
-    present = np.flatnonzero(counts)
-    return present.astype(np.int64) + offset, counts[present]
+def _stored(image):
+    """The image as given when it is an array-like that decodes on demand (it has ``shape``, ``dtype`` and
+    basic slicing, e.g. :class:`medseg.io.lazy.LazyTiffImage`), so nothing reads it whole; else an
+    ndarray."""
+    if isinstance(image, np.ndarray) or not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        return np.asarray(image)
+    return image
+
+
+def _histograms(image) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact value histogram of each channel of an ``(H, W)`` or ``(H, W, C)`` integer image (<= 16 bits):
+    ``[(values, counts)]`` int64, values ascending, counts > 0. One pass over bands of rows, all channels
+    at once, so a lazily decoded image is read once."""
+    dtype = np.dtype(image.dtype)
+    offset = int(np.iinfo(dtype).min) if dtype.kind == "i" else 0
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    counts = np.zeros((channels, 1 << (8 * dtype.itemsize)), np.int64)
+    for top in range(0, image.shape[0], _HISTOGRAM_ROWS):
+        block = np.asarray(image[top : top + _HISTOGRAM_ROWS])
+        block = block[..., np.newaxis] if block.ndim == 2 else block
+        for c in range(channels):
+            band = block[..., c].ravel()
+            if offset:
+                band = band.astype(np.int32) - offset
+            elif band.dtype == bool:
+                band = band.view(np.uint8)
+            counts[c] += np.bincount(band, minlength=counts.shape[1])
+    result = []
+    for row in counts:
+        present = np.flatnonzero(row)
+        result.append((present.astype(np.int64) + offset, row[present]))
+    return result
 
 
 def _percentiles(values: np.ndarray, counts: np.ndarray, q: tuple[float, float], work: type) -> np.ndarray:
