@@ -195,3 +195,19 @@ def test_grad_cam_explains_one_region_where_it_is_predicted(region_run: Path, re
     assert segmentation_heatmap(predictor, image).class_name in ("left", "right")
     with pytest.raises(ConfigError, match="not a class"):
         segmentation_heatmap(predictor, image, class_name="background")
+
+
+def test_web_api_answers_with_the_regions_and_overlapping_counts(region_run: Path, region_dataset: Path):
+    from fastapi.testclient import TestClient
+
+    from medseg.web.app import create_app
+
+    data = (region_dataset / "imagesTr" / "case05_0000.png").read_bytes()
+    with TestClient(create_app([region_run], device="cpu")) as client:
+        response = client.post("/api/predict", files={"file": ("case05.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["regions"] == REGIONS
+    classes = {c["name"]: c for c in answer["classes"]}
+    assert set(classes) == {"background", "left", "right"}
+    assert sum(c["pixels"] for c in classes.values()) > 48 * 48  # the lens counts for both discs

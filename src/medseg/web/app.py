@@ -306,6 +306,7 @@ def create_app(
             "id": result_id,
             "model": served.name,
             "task": served.config.task,
+            "regions": {name: list(values) for name, values in served.config.data.regions.items()},
             "filename": label,
             "width": width,
             "height": height,

@@ -124,7 +124,9 @@ def _write_overlays(folder: Path, predictor, data, rows: list[dict[str, Any]]) -
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
-    ranked = sorted(rows, key=lambda r: (np.nan_to_num(r["mean_dice"], nan=-1.0), r["case"]))
+    # cases with nothing to score (no class in truth or prediction: Dice NaN) are neither best nor worst
+    scored = [r for r in rows if np.isfinite(r["mean_dice"])] or rows
+    ranked = sorted(scored, key=lambda r: (np.nan_to_num(r["mean_dice"], nan=-1.0), r["case"]))
     worst = ranked[:N_OVERLAYS]
     best = [r for r in ranked[::-1][:N_OVERLAYS] if r not in worst]
     colors = class_colors(config.data.labels, config.data.colors)

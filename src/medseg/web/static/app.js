@@ -421,6 +421,10 @@ function render(result) {
   if (classify) {
     hint = "The heatmap PNG is the Grad-CAM overlay that medseg predict --explain writes; the CSV is the " +
       "image's row of predictions.csv: the class, its probability and the probability of every class.";
+  } else if (result.regions && Object.keys(result.regions).length) {
+    const bits = Object.entries(result.regions).map(([name, values]) => `${name} ${values.join("/")}`);
+    hint = "The classes overlap: each mask value stands for a set of regions (" + bits.join("; ") +
+      "), the size of the input. Pixel counts give every region its pixels, so they can sum past 100 %.";
   } else if (instance) {
     hint = "The mask holds instance ids (0 = background, 16-bit), the size of the input. The objects CSV has " +
       "one row per object: type, area, centroid, mean intensity, eccentricity.";
