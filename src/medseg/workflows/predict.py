@@ -81,8 +81,8 @@ class Segmentation:
         region runs' mask values as predicted; instance ids as uint16, or int32 beyond 65,535 objects."""
         if self.instances:
             return self.labels.astype(np.uint16 if self.labels.max(initial=0) < 2**16 else np.int32)
-        if self.labels.dtype in (np.uint8, np.uint16):  # already stored form (region runs' mask values)
-            return self.labels
+        if self.regions is not None:  # mask values, up to the largest a region holds
+            return self.labels.astype(self.regions.dtype, copy=False)
         return self.labels.astype(mask_dtype(len(self.classes)), copy=False)
 
 
@@ -386,7 +386,8 @@ def _segment_large(predictor: Predictor, image: np.ndarray, source: str, mask_pa
     filled band by band (so not even the uint8 mask is held in memory), a PNG mask one uint8/uint16
     array that is then encoded.
     """
-    dtype = mask_dtype(len(predictor.config.data.class_names))
+    data = predictor.config.data
+    dtype = Regions.from_mapping(data.regions).dtype if data.regions else mask_dtype(len(data.class_names))
     shape = image.shape[:2]
     if mask_path.suffix.lower() != ".tif":
         result = segment_image(predictor, image, source, labels_out=np.empty(shape, dtype))
