@@ -211,3 +211,24 @@ def test_web_api_answers_with_the_regions_and_overlapping_counts(region_run: Pat
     classes = {c["name"]: c for c in answer["classes"]}
     assert set(classes) == {"background", "left", "right"}
     assert sum(c["pixels"] for c in classes.values()) > 48 * 48  # the lens counts for both discs
+
+
+def test_evaluation_panels_skip_cases_with_nothing_to_score(region_run: Path, region_dataset: Path, tmp_path):
+    from medseg.inference.predictor import Predictor
+    from medseg.workflows.evaluate import _write_overlays
+
+    # eight scored cases and one whose Dice is undefined (nothing in truth or prediction): that one used to
+    # rank as the very worst
+    rows = [{"case": f"case{i:02d}", "mean_dice": 0.5 + i / 20} for i in range(8)]
+    rows.append({"case": "case08", "mean_dice": float("nan")})
+    predictor = Predictor.from_run(region_run, device="cpu")
+    _write_overlays(tmp_path / "overlays", predictor, open_dataset(region_dataset), rows)
+    panels = sorted(p.name for p in (tmp_path / "overlays").glob("*.png"))
+    assert panels == [
+        "best_1_case07.png",
+        "best_2_case06.png",
+        "best_3_case05.png",
+        "worst_1_case00.png",
+        "worst_2_case01.png",
+        "worst_3_case02.png",
+    ]
