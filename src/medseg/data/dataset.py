@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.regions import parse_region_labels
+from medseg.data.regions import Regions, parse_region_labels
 from medseg.data.splits import group_of, suggest_group_by
 from medseg.errors import DataError
 from medseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image, read_label
@@ -276,7 +276,7 @@ def undeclared_values(
 ) -> list[int]:
     """Values of ``label`` (H, W) that are neither a class id of ``labels`` (with ``regions``: a mask value
     of a region, or 0) nor ``ignore_index``."""
-    allowed = {0}.union(*map(set, regions.values())) if regions else set(labels.values())
+    allowed = set(_region_values(regions)) if regions else set(labels.values())
     if ignore_index is not None and ignore_index >= 0:
         allowed.add(ignore_index)
     return sorted(set(np.unique(label).tolist()) - allowed)
@@ -294,9 +294,14 @@ def label_values_error(
     if not unknown:
         return None
     if regions:
-        allowed = sorted(set().union(*map(set, regions.values())))
+        allowed = [v for v in _region_values(regions) if v]
         return f"{path}: label values {unknown} belong to no region (region mask values: {allowed})"
     return f"{path}: label values {unknown} are not declared classes {sorted(labels.values())}"
+
+
+def _region_values(regions: dict[str, list[int]]) -> list[int]:
+    """0 and every mask value of a region, ascending."""
+    return Regions.from_mapping(regions).mask_values.tolist()
 
 
 def _size(shape_or_array: np.ndarray | tuple[int, ...]) -> str:

@@ -132,17 +132,6 @@ class Regions:
             out[top : top + rows] = values[scores.argmax(axis=0)]
         return out
 
-    def check_values(self, mask: np.ndarray, source: str, ignore: int | None = None) -> None:
-        """Raise ValueError naming ``source`` if ``mask`` holds a value no region (or background) has."""
-        present = np.unique(np.asarray(mask))
-        allowed = set(self.mask_values.tolist()) | ({ignore} if ignore is not None else set())
-        unknown = [int(v) for v in present if int(v) not in allowed]
-        if unknown:
-            raise ValueError(
-                f"{source}: mask value(s) {unknown[:5]} belong to no region "
-                f"(regions hold {sorted(allowed - {0})})"
-            )
-
 
 def parse_region_labels(labels: Mapping[str, object], source: str) -> tuple[dict[str, int], Regions | None]:
     """dataset.json ``labels`` -> (class ids, regions or None).

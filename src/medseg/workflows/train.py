@@ -623,10 +623,8 @@ class SemanticValidation:
             target = torch.from_numpy(label.astype(np.int64))[None].to(trainer.device)
             losses.append(float(self.loss_fn(logits, target)))
             truth = np.where(label == ignore, -1, label) if ignore >= 0 else label  # -1: not scored
-            if predictor.regions is None:
-                metrics.update(truth, logits.argmax(1)[0].cpu().numpy())
-            else:
-                metrics.update(truth, predictor.labels_of(torch.sigmoid(logits[0]).cpu().numpy()))
+            # class ids (argmax) or, for a region run, mask values decoded from the sigmoids
+            metrics.update(truth, predictor.labels_of(predictor.layout.activate(logits)[0].cpu().numpy()))
         summary = metrics.aggregate(names)
         dice = summary["mean"]["dice"]
         logs = {"val_loss": float(np.mean(losses)), "val_dice": dice if math.isfinite(dice) else 0.0}
